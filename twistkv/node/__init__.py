@@ -1,0 +1,1 @@
+"""Twisted adapters: protocols, services and timers around the sans-IO cores."""

@@ -1,0 +1,1 @@
+"""Byte-oriented ordered stores: in-memory and RocksDB (rocksdict)."""
