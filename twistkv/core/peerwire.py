@@ -1,0 +1,813 @@
+"""The peer protocol: frame codec, HELLO handshake and request matching.
+
+Normative spec: C{docs/peer-protocol.md}; a test checks that the verbs and
+error codes listed here and there agree. In brief, a frame is::
+
+    VERB request-id key=value key=value ...\\r\\n
+    <exactly n payload bytes when the header carries len=n>
+
+The header is printable ASCII so that a human can speak the protocol with
+C{nc}; binary data travels in the payload or percent-encoded (L{quote}). The
+codec knows nothing of verb semantics: framing is the same for every verb, so
+a node can skip a frame it does not understand and answer C{unknown_verb}.
+
+Everything here is sans-IO: bytes and frames go in, frames and decisions come
+out; randomness (handshake nonces) and time (request deadlines) are arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import hmac
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MAX_LINE",
+    "DEFAULT_MAX_PAYLOAD",
+    "MAX_REQUEST_ID",
+    "CONNECTION_REQUEST_ID",
+    "VERBS",
+    "RESPONSE_VERBS",
+    "ERROR_CODES",
+    "InvalidFrameError",
+    "PeerProtocolError",
+    "Frame",
+    "encode_frame",
+    "FrameDecoder",
+    "quote",
+    "unquote",
+    "unquote_text",
+    "error_frame",
+    "error_details",
+    "Role",
+    "HandshakeConfig",
+    "Established",
+    "HandshakeFailed",
+    "HandshakeStep",
+    "Handshake",
+    "TooManyOutstandingRequests",
+    "PendingRequests",
+]
+
+#: Bumped on any incompatible change; peers must speak the same version.
+PROTOCOL_VERSION = 1
+#: Longest header line accepted, terminator included.
+MAX_LINE = 65536
+#: Default payload ceiling; must exceed the largest client value plus record overhead.
+DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
+#: Request ids fit a signed 64-bit integer so that any peer implementation can hold them.
+MAX_REQUEST_ID = 2**63 - 1
+#: Frames about the connection itself (HELLO, AUTH, fatal ERROR) rather than one request.
+CONNECTION_REQUEST_ID = 0
+
+#: Every verb of the wire vocabulary -> its purpose (the spec's verb table mirrors this).
+VERBS: Mapping[str, str] = MappingProxyType(
+    {
+        "HELLO": "open a connection: protocol version, cluster, node id, address, auth challenge",
+        "AUTH": "initiator's HMAC proof answering the responder's challenge",
+        "ERROR": "refuse a request or, with request id 0, the whole connection",
+        "PING": "connection liveness probe",
+        "PONG": "answer to PING",
+        "PUT": "store a record on a replica (or as a hint on a stand-in)",
+        "GET": "read a key's record from a replica",
+        "DEL": "store a tombstone record on a replica",
+        "ACK": "a replica applied a PUT, DEL or HINT",
+        "NACK": "a replica could not serve a request",
+        "VAL": "answer carrying a value: a GET's record or a STATS snapshot",
+        "HINT": "deliver a hinted record from a stand-in to its recovered owner",
+        "STATS": "ask a node for its statistics snapshot",
+        "SWIM_PING": "SWIM direct probe, piggybacking membership updates",
+        "SWIM_ACK": "SWIM answer to a direct or indirect probe",
+        "SWIM_NACK": "a SWIM_PINGREQ helper could not reach the target",
+        "SWIM_PINGREQ": "ask a node to probe a target on the sender's behalf",
+        "SWIM_GOSSIP": "push queued membership rumours to a random member (no reply)",
+        "SWIM_SYNC": "push the sender's full membership view (anti-entropy)",
+        "SWIM_SYNCACK": "answer to SWIM_SYNC with the receiver's full view",
+    }
+)
+
+#: Verbs that answer the receiver's own outstanding request (match with PendingRequests);
+#: every other verb after the handshake is a request from the peer.
+RESPONSE_VERBS: frozenset[str] = frozenset(
+    {"ERROR", "PONG", "ACK", "NACK", "VAL", "SWIM_ACK", "SWIM_NACK", "SWIM_SYNCACK"}
+)
+
+#: Every code an ERROR frame may carry -> what it means (mirrored in the spec).
+ERROR_CODES: Mapping[str, str] = MappingProxyType(
+    {
+        "line_too_long": "header line longer than the receiver's limit",
+        "payload_too_large": "declared payload length above the receiver's limit",
+        "bad_header": "header is not printable ASCII tokens separated by single spaces",
+        "bad_verb": "verb is not upper-case letters and underscores",
+        "bad_request_id": "request id is not a canonical decimal in range",
+        "bad_field": "field is not key=value with a valid key and value",
+        "duplicate_field": "the same field key appears twice in one header",
+        "bad_length": "len is not a canonical positive decimal",
+        "bad_hello": "HELLO or AUTH lacks a required field or has an invalid one",
+        "handshake_required": "a frame other than the expected handshake frame arrived",
+        "version_mismatch": "the peers speak different protocol versions",
+        "cluster_mismatch": "the peers belong to different clusters",
+        "auth_mismatch": "one peer has a cluster secret configured and the other has none",
+        "auth_failed": "an HMAC proof is wrong: different secrets or a replayed handshake",
+        "self_connection": "a node connected to itself",
+        "unknown_verb": "the receiver does not implement this verb",
+        "bad_request": "the verb is known but its fields or payload are invalid",
+        "too_many_requests": "the sender has more requests outstanding than the receiver allows",
+    }
+)
+
+_VERB = re.compile(r"[A-Z_]+")
+_KEY = re.compile(r"[a-z0-9_]+")
+_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e]*")  # printable ASCII except space and '='
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
+_LENGTH = re.compile(r"[1-9][0-9]*")
+_HEADER_LINE = re.compile(rb"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+_LENGTH_FIELD = "len"
+_SNIPPET = 40  # how much of hostile input an error message may quote
+
+
+def _snippet(text: str) -> str:
+    return repr(text if len(text) <= _SNIPPET else text[:_SNIPPET] + "...")
+
+
+class InvalidFrameError(ValueError):
+    """A frame we were about to build or send breaks the wire rules: our fault.
+
+    The decoder turns this into L{PeerProtocolError} when the peer is the one
+    at fault, so that each side of the connection has its own exception.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PeerProtocolError(Exception):
+    """The peer sent something that breaks the protocol: its fault.
+
+    C{code} is one of L{ERROR_CODES}; the adapter answers with
+    L{to_frame} and closes the connection.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def to_frame(self, request_id: int = CONNECTION_REQUEST_ID) -> Frame:
+        """The ERROR frame that tells the peer what it did wrong."""
+        return error_frame(request_id, self.code, self.message)
+
+
+def _check_header_parts(verb: str, request_id: int, fields: Mapping[str, str]) -> None:
+    if not isinstance(verb, str) or not _VERB.fullmatch(verb):
+        raise InvalidFrameError("bad_verb", f"verb {_snippet(str(verb))} is not [A-Z_]+")
+    if isinstance(request_id, bool) or not isinstance(request_id, int):
+        raise TypeError(f"request id must be an int, not {type(request_id).__name__}")
+    if not 0 <= request_id <= MAX_REQUEST_ID:
+        raise InvalidFrameError("bad_request_id", f"request id {request_id} is out of range")
+    for key, value in fields.items():
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            raise InvalidFrameError(
+                "bad_field", f"field key {_snippet(str(key))} is not [a-z0-9_]+"
+            )
+        if key == _LENGTH_FIELD:
+            raise InvalidFrameError("bad_field", "'len' is reserved for the payload length")
+        if not isinstance(value, str) or not _VALUE.fullmatch(value):
+            raise InvalidFrameError(
+                "bad_field",
+                f"value of {key!r} must be printable ASCII without space or '=' (use quote())",
+            )
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One protocol message, validated on construction so that bad frames fail
+    where they are built, not on the peer.
+
+    C{fields} is copied into a read-only mapping; the payload length is not a
+    field but derived from C{payload} by the codec.
+
+    @raise InvalidFrameError: a verb, request id, key or value breaks the rules.
+    @raise TypeError: a payload that is not C{bytes} or a request id not an C{int}.
+    """
+
+    verb: str
+    request_id: int
+    fields: Mapping[str, str] = field(default_factory=dict)
+    payload: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.payload, bytes):
+            raise TypeError(f"payload must be bytes, not {type(self.payload).__name__}")
+        frozen_fields = MappingProxyType(dict(self.fields))
+        _check_header_parts(self.verb, self.request_id, frozen_fields)
+        object.__setattr__(self, "fields", frozen_fields)
+
+
+def encode_frame(frame: Frame, max_line: int = MAX_LINE) -> bytes:
+    """Serialise C{frame}: header line (C{len} last, only with a payload) then payload.
+
+    @raise InvalidFrameError: the header would exceed C{max_line}; a peer
+        would refuse it, so it is our bug to send it.
+    """
+    parts = [frame.verb, str(frame.request_id)]
+    parts.extend(f"{key}={value}" for key, value in frame.fields.items())
+    if frame.payload:
+        parts.append(f"{_LENGTH_FIELD}={len(frame.payload)}")
+    header = " ".join(parts).encode("ascii") + b"\r\n"
+    if len(header) > max_line:
+        raise InvalidFrameError(
+            "line_too_long", f"{frame.verb} header is {len(header)} bytes, limit {max_line}"
+        )
+    return header + frame.payload
+
+
+def _parse_header(line: bytes, max_payload: int) -> tuple[Frame, int]:
+    """Parse one header line (terminator removed) into a payload-less frame and its length."""
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if not _HEADER_LINE.fullmatch(line):
+        raise PeerProtocolError(
+            "bad_header", "header must be printable ASCII tokens separated by single spaces"
+        )
+    verb, *rest = line.decode("ascii").split(" ")
+    if not rest:
+        raise PeerProtocolError("bad_header", f"header {_snippet(verb)} lacks a request id")
+    request_text, *pairs = rest
+    if not _DECIMAL.fullmatch(request_text) or int(request_text) > MAX_REQUEST_ID:
+        raise PeerProtocolError(
+            "bad_request_id", f"request id {_snippet(request_text)} is not a decimal in range"
+        )
+    fields: dict[str, str] = {}
+    length = 0
+    seen_length = False
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals:
+            raise PeerProtocolError("bad_field", f"field {_snippet(pair)} lacks '='")
+        if key in fields or (key == _LENGTH_FIELD and seen_length):
+            raise PeerProtocolError("duplicate_field", f"field {_snippet(key)} appears twice")
+        if key == _LENGTH_FIELD:
+            seen_length = True
+            length = _parse_length(value, max_payload)
+        else:
+            fields[key] = value
+    try:
+        frame = Frame(verb, int(request_text), fields)
+    except InvalidFrameError as error:
+        raise PeerProtocolError(error.code, str(error)) from None
+    return frame, length
+
+
+def _parse_length(text: str, max_payload: int) -> int:
+    if not _LENGTH.fullmatch(text):
+        raise PeerProtocolError("bad_length", f"length {_snippet(text)} is not a positive decimal")
+    # Compare digit counts first so a hostile 60 KiB number is never converted.
+    if len(text) > len(str(max_payload)) or int(text) > max_payload:
+        raise PeerProtocolError(
+            "payload_too_large", f"declared payload length {_snippet(text)} exceeds {max_payload}"
+        )
+    return int(text)
+
+
+class FrameDecoder:
+    """Incremental decoder: feed it bytes as they arrive, in any chunking.
+
+    Limits are checked before anything is buffered for them: a line is refused
+    as soon as C{max_line} bytes arrive without a newline, and a payload as
+    soon as its header declares more than C{max_payload}. After an error the
+    decoder stays failed (the stream has lost sync); the adapter sends
+    L{PeerProtocolError.to_frame} and closes. Frames completed earlier in the
+    same C{feed} call are dropped with the connection.
+
+    Senders end lines with CRLF; a bare LF is accepted so that C{nc} without
+    C{-C} works.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        if max_line < 2 or max_payload < 0:
+            raise ValueError("max_line must be >= 2 and max_payload >= 0")
+        self._max_line = max_line
+        self._max_payload = max_payload
+        self._buffer = bytearray()
+        self._scanned = 0  # buffer prefix already known to hold no newline
+        self._header: Frame | None = None  # header awaiting its payload
+        self._payload_length = 0
+        self._error: PeerProtocolError | None = None
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Consume C{data}; return the frames it completes, in order.
+
+        @raise PeerProtocolError: the stream is malformed or exceeds a limit.
+        """
+        if self._error is not None:
+            raise PeerProtocolError(self._error.code, self._error.message)
+        self._buffer += data
+        frames: list[Frame] = []
+        try:
+            while (frame := self._next_frame()) is not None:
+                frames.append(frame)
+        except PeerProtocolError as error:
+            self._error = error
+            self._buffer.clear()
+            raise
+        return frames
+
+    def _next_frame(self) -> Frame | None:
+        if self._header is None:
+            newline = self._buffer.find(b"\n", self._scanned, self._max_line)
+            if newline < 0:
+                if len(self._buffer) >= self._max_line:
+                    raise PeerProtocolError(
+                        "line_too_long", f"no line end within {self._max_line} bytes"
+                    )
+                self._scanned = len(self._buffer)
+                return None
+            line = bytes(self._buffer[:newline])
+            del self._buffer[: newline + 1]
+            self._scanned = 0
+            header, length = _parse_header(line, self._max_payload)
+            if length == 0:
+                return header
+            self._header, self._payload_length = header, length
+        if len(self._buffer) < self._payload_length:
+            return None
+        payload = bytes(self._buffer[: self._payload_length])
+        del self._buffer[: self._payload_length]
+        header, self._header = self._header, None
+        return Frame(header.verb, header.request_id, header.fields, payload)
+
+
+_SAFE_BYTES = frozenset(range(0x21, 0x7F)) - frozenset(b"=%")
+_QUOTED = tuple(chr(b) if b in _SAFE_BYTES else f"%{b:02X}" for b in range(256))
+
+
+def quote(value: str | bytes) -> str:
+    """Percent-encode C{value} (str as UTF-8) into a legal field value.
+
+    Space, '=', '%' and every byte outside printable ASCII become C{%XX}.
+    """
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    return "".join(map(_QUOTED.__getitem__, raw))
+
+
+def unquote(value: str) -> bytes:
+    """Reverse L{quote}. A stray '%' is the peer's fault.
+
+    @raise PeerProtocolError: C{bad_field} for non-ASCII or a broken escape.
+    """
+    try:
+        raw = value.encode("ascii")
+    except UnicodeEncodeError:
+        raise PeerProtocolError("bad_field", "quoted value is not ASCII") from None
+    head, *escaped = raw.split(b"%")
+    out = bytearray(head)
+    for piece in escaped:
+        if len(piece) < 2 or not _HEX_DIGITS.issuperset(piece[:2]):
+            raise PeerProtocolError("bad_field", f"broken %-escape in {_snippet(value)}")
+        out.append(int(piece[:2], 16))
+        out += piece[2:]
+    return bytes(out)
+
+
+def unquote_text(value: str) -> str:
+    """Reverse L{quote} for text: the decoded bytes must be UTF-8."""
+    try:
+        return unquote(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise PeerProtocolError("bad_field", f"{_snippet(value)} is not UTF-8") from None
+
+
+def error_frame(request_id: int, code: str, message: str) -> Frame:
+    """An ERROR frame; request id 0 means the connection is being closed."""
+    return Frame("ERROR", request_id, {"code": code, "message": quote(message)})
+
+
+def error_details(frame: Frame) -> tuple[str, str]:
+    """(code, message) of a received ERROR frame, tolerating a sloppy peer.
+
+    Used when reporting why a peer refused us, so it never raises: a missing
+    code reads as C{"unspecified"} and an undecodable message is shown raw.
+    """
+    code = frame.fields.get("code", "unspecified")
+    raw_message = frame.fields.get("message", "")
+    try:
+        message = unquote_text(raw_message)
+    except PeerProtocolError:
+        message = raw_message
+    return code, message
+
+
+# Handshake ---------------------------------------------------------------------
+#
+# Transition table (see docs/peer-protocol.md, "Handshake"):
+#
+#   role       state        event                          next         sends
+#   initiator  NEW          start()                        AWAIT_HELLO  HELLO(nonce_i)
+#   initiator  AWAIT_HELLO  HELLO valid (proof_r correct)  ESTABLISHED  AUTH(proof_i) if secret
+#   responder  NEW          start()                        AWAIT_HELLO  -
+#   responder  AWAIT_HELLO  HELLO valid, no secret         ESTABLISHED  HELLO
+#   responder  AWAIT_HELLO  HELLO valid, secret            AWAIT_AUTH   HELLO(nonce_r, proof_r)
+#   responder  AWAIT_AUTH   AUTH with correct proof_i      ESTABLISHED  -
+#   either     AWAIT_*      ERROR                          FAILED       -
+#   either     AWAIT_*      anything else / invalid        FAILED       ERROR 0
+#
+# Each proof is an HMAC over a fresh nonce chosen by the *verifier*, so a
+# recorded HELLO or AUTH is useless on any later connection; the prover's role
+# is part of the MAC input, so a responder's proof cannot be reflected back as
+# an initiator's.
+
+_AUTH_NONE = "none"
+_AUTH_HMAC = "hmac-sha256"
+_PROOF_LABEL = b"twistkv-peer-auth"
+_MIN_NONCE = 16
+_MAX_NONCE = 64
+_MAX_NODE_ID = 255  # the record format stores node ids as str8
+_U32 = struct.Struct(">I")
+
+
+class Role(Enum):
+    """Which end of the TCP connection we are: the side that dialled initiates."""
+
+    INITIATOR = "initiator"
+    RESPONDER = "responder"
+
+
+@dataclass(frozen=True)
+class HandshakeConfig:
+    """What this node asserts about itself in HELLO."""
+
+    cluster: str
+    node_id: str
+    #: The peer-port address others should dial, e.g. C{"10.0.0.1:7380"}; may
+    #: be empty for a client that accepts no peer connections.
+    address: str
+    #: Shared cluster secret; None disables authentication.
+    secret: bytes | None = None
+    version: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.node_id or len(self.node_id.encode("utf-8")) > _MAX_NODE_ID:
+            raise ValueError(f"node id must be 1..{_MAX_NODE_ID} UTF-8 bytes")
+        if self.secret is not None and not self.secret:
+            raise ValueError("an empty cluster secret would authenticate anyone; use None")
+
+
+@dataclass(frozen=True)
+class Established:
+    """The handshake succeeded; requests may flow."""
+
+    peer_node_id: str
+    peer_address: str
+    #: Whether the peer proved knowledge of the cluster secret.
+    authenticated: bool
+
+
+@dataclass(frozen=True)
+class HandshakeFailed:
+    """The handshake failed; the adapter sends any frames of the step, then closes."""
+
+    code: str
+    message: str
+    #: True when the peer refused us (we got its ERROR), False when we refused it.
+    detected_by_peer: bool
+
+
+@dataclass(frozen=True)
+class HandshakeStep:
+    """What one handshake input produced: frames to send, and the outcome if decided."""
+
+    send: tuple[Frame, ...] = ()
+    outcome: Established | HandshakeFailed | None = None
+
+
+@dataclass(frozen=True)
+class _PeerHello:
+    node_id: str
+    address: str
+    nonce: bytes
+
+
+class _State(Enum):
+    NEW = "new"
+    AWAIT_HELLO = "await_hello"
+    AWAIT_AUTH = "await_auth"
+    DONE = "done"
+
+
+def _length_prefixed(*parts: bytes) -> bytes:
+    return b"".join(_U32.pack(len(part)) + part for part in parts)
+
+
+def _proof(
+    secret: bytes,
+    prover_role: Role,
+    version: int,
+    cluster: str,
+    prover: _PeerHello,
+    verifier: _PeerHello,
+) -> str:
+    """HMAC-SHA256 proving knowledge of C{secret} over the verifier's fresh nonce.
+
+    Input: label, then length-prefixed (u32 big-endian) prover role, version,
+    cluster, prover id, verifier id, prover address, verifier address,
+    verifier nonce ("their nonce"), prover nonce ("our nonce").
+    """
+    message = _PROOF_LABEL + _length_prefixed(
+        prover_role.value.encode("ascii"),
+        str(version).encode("ascii"),
+        cluster.encode("utf-8"),
+        prover.node_id.encode("utf-8"),
+        verifier.node_id.encode("utf-8"),
+        prover.address.encode("utf-8"),
+        verifier.address.encode("utf-8"),
+        verifier.nonce,
+        prover.nonce,
+    )
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def _required(frame: Frame, key: str) -> str:
+    try:
+        return frame.fields[key]
+    except KeyError:
+        raise PeerProtocolError("bad_hello", f"{frame.verb} lacks the {key!r} field") from None
+
+
+class Handshake:
+    """Sans-IO connection opening for one end of a peer connection.
+
+    Call L{start} once when the connection is made, then L{receive} with each
+    frame until a step carries an outcome. Send every frame of every step;
+    close the connection after sending when the outcome is L{HandshakeFailed}.
+    """
+
+    def __init__(self, role: Role, config: HandshakeConfig, nonce: bytes | None = None) -> None:
+        """
+        @param nonce: fresh random bytes (16..64) for this connection, e.g.
+            C{os.urandom(16)}; required when a secret is configured, unused
+            otherwise. Reusing a nonce lets a recorded handshake be replayed.
+        """
+        if config.secret is not None and (
+            nonce is None or not _MIN_NONCE <= len(nonce) <= _MAX_NONCE
+        ):
+            raise ValueError(
+                f"a cluster secret needs a fresh {_MIN_NONCE}..{_MAX_NONCE}-byte nonce"
+            )
+        self.role = role
+        self._config = config
+        self._own = _PeerHello(config.node_id, config.address, nonce or b"")
+        self._peer: _PeerHello | None = None
+        self._state = _State.NEW
+        self._outcome: Established | HandshakeFailed | None = None
+
+    @property
+    def outcome(self) -> Established | HandshakeFailed | None:
+        """None while the handshake is still in progress."""
+        return self._outcome
+
+    def start(self) -> HandshakeStep:
+        """Begin: the initiator speaks first, the responder waits for HELLO."""
+        if self._state is not _State.NEW:
+            raise ValueError("start() called twice")
+        self._state = _State.AWAIT_HELLO
+        if self.role is Role.INITIATOR:
+            return HandshakeStep(send=(self._hello(proof=None),))
+        return HandshakeStep()
+
+    def receive(self, frame: Frame) -> HandshakeStep:
+        """Advance with one received frame."""
+        if self._state in (_State.NEW, _State.DONE):
+            raise ValueError(f"receive() in state {self._state.value}: route frames elsewhere")
+        if frame.verb == "ERROR":
+            code, message = error_details(frame)
+            return self._finish(HandshakeFailed(code, message, detected_by_peer=True))
+        try:
+            if self._state is _State.AWAIT_HELLO:
+                return self._on_hello(frame)
+            return self._on_auth(frame)
+        except PeerProtocolError as error:
+            failure = HandshakeFailed(error.code, error.message, detected_by_peer=False)
+            return self._finish(failure, error.to_frame())
+
+    def _finish(self, outcome: Established | HandshakeFailed, *send: Frame) -> HandshakeStep:
+        self._state = _State.DONE
+        self._outcome = outcome
+        return HandshakeStep(send=send, outcome=outcome)
+
+    def _established(self) -> Established:
+        assert self._peer is not None
+        return Established(
+            self._peer.node_id, self._peer.address, authenticated=self._config.secret is not None
+        )
+
+    def _hello(self, proof: str | None) -> Frame:
+        config = self._config
+        fields = {
+            "version": str(config.version),
+            "cluster": quote(config.cluster),
+            "node": quote(config.node_id),
+            "addr": quote(config.address),
+            "auth": _AUTH_NONE if config.secret is None else _AUTH_HMAC,
+        }
+        if config.secret is not None:
+            fields["nonce"] = self._own.nonce.hex()
+        if proof is not None:
+            fields["proof"] = proof
+        return Frame("HELLO", CONNECTION_REQUEST_ID, fields)
+
+    def _on_hello(self, frame: Frame) -> HandshakeStep:
+        if frame.verb != "HELLO":
+            raise PeerProtocolError(
+                "handshake_required", f"expected HELLO, got {_snippet(frame.verb)}"
+            )
+        self._peer = self._parse_hello(frame)
+        secret = self._config.secret
+        if self.role is Role.RESPONDER:
+            if secret is None:
+                return self._finish(self._established(), self._hello(proof=None))
+            self._state = _State.AWAIT_AUTH
+            proof = self._proof_by(Role.RESPONDER)
+            return HandshakeStep(send=(self._hello(proof=proof),))
+        if secret is None:
+            return self._finish(self._established())
+        self._verify(frame, Role.RESPONDER)
+        auth = Frame("AUTH", CONNECTION_REQUEST_ID, {"proof": self._proof_by(Role.INITIATOR)})
+        return self._finish(self._established(), auth)
+
+    def _on_auth(self, frame: Frame) -> HandshakeStep:
+        if frame.verb != "AUTH":
+            raise PeerProtocolError(
+                "handshake_required", f"expected AUTH, got {_snippet(frame.verb)}"
+            )
+        self._verify(frame, Role.INITIATOR)
+        return self._finish(self._established())
+
+    def _proof_by(self, prover_role: Role) -> str:
+        """The proof the party playing C{prover_role} must present on this connection."""
+        assert self._config.secret is not None and self._peer is not None
+        ours = prover_role is self.role
+        prover, verifier = (self._own, self._peer) if ours else (self._peer, self._own)
+        return _proof(
+            self._config.secret,
+            prover_role,
+            self._config.version,
+            self._config.cluster,
+            prover,
+            verifier,
+        )
+
+    def _verify(self, frame: Frame, peer_role: Role) -> None:
+        expected = self._proof_by(peer_role).encode("ascii")
+        presented = _required(frame, "proof").encode("ascii")
+        if not hmac.compare_digest(expected, presented):
+            raise PeerProtocolError(
+                "auth_failed",
+                f"{frame.verb} proof from the peer is wrong: the cluster secrets differ "
+                "or the handshake was replayed",
+            )
+
+    def _parse_hello(self, frame: Frame) -> _PeerHello:
+        config = self._config
+        version = _required(frame, "version")
+        if not _DECIMAL.fullmatch(version):
+            raise PeerProtocolError("bad_hello", f"version {_snippet(version)} is not a decimal")
+        if int(version) != config.version:
+            raise PeerProtocolError(
+                "version_mismatch",
+                f"peer speaks protocol version {version}, this node speaks {config.version}",
+            )
+        cluster = self._text(frame, "cluster")
+        if cluster != config.cluster:
+            raise PeerProtocolError(
+                "cluster_mismatch",
+                f"peer belongs to cluster {_snippet(cluster)}, "
+                f"this node to {_snippet(config.cluster)}",
+            )
+        node_id = self._text(frame, "node")
+        if not node_id or len(node_id.encode("utf-8")) > _MAX_NODE_ID:
+            raise PeerProtocolError("bad_hello", f"node id must be 1..{_MAX_NODE_ID} bytes")
+        address = self._text(frame, "addr")
+        auth = _required(frame, "auth")
+        if auth not in (_AUTH_NONE, _AUTH_HMAC):
+            raise PeerProtocolError("bad_hello", f"unknown auth scheme {_snippet(auth)}")
+        if auth == _AUTH_NONE and config.secret is not None:
+            raise PeerProtocolError(
+                "auth_mismatch",
+                "this node requires a cluster secret but the peer has none configured",
+            )
+        if auth == _AUTH_HMAC and config.secret is None:
+            raise PeerProtocolError(
+                "auth_mismatch",
+                "the peer requires a cluster secret but this node has none configured",
+            )
+        nonce = b""
+        if auth == _AUTH_HMAC:
+            nonce_hex = _required(frame, "nonce")
+            try:
+                nonce = bytes.fromhex(nonce_hex)
+            except ValueError:
+                raise PeerProtocolError("bad_hello", "nonce is not hex") from None
+            if nonce.hex() != nonce_hex or not _MIN_NONCE <= len(nonce) <= _MAX_NONCE:
+                raise PeerProtocolError(
+                    "bad_hello", f"nonce must be {_MIN_NONCE}..{_MAX_NONCE} bytes, lower-case hex"
+                )
+        if node_id == config.node_id:
+            raise PeerProtocolError("self_connection", f"node {_snippet(node_id)} dialled itself")
+        return _PeerHello(node_id, address, nonce)
+
+    @staticmethod
+    def _text(frame: Frame, key: str) -> str:
+        raw = _required(frame, key)
+        try:
+            return unquote_text(raw)
+        except PeerProtocolError as error:
+            raise PeerProtocolError("bad_hello", f"{key}: {error.message}") from None
+
+
+# Request matching --------------------------------------------------------------
+
+
+class TooManyOutstandingRequests(Exception):
+    """Refused to send: as many requests as allowed already await responses."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} requests already outstanding on this connection")
+        self.limit = limit
+
+
+class PendingRequests:
+    """Requests sent on one connection that still await a response.
+
+    Responses carry their request's id; L{resolve} matches them, L{expire}
+    drops requests whose deadline passed (a late response then resolves to
+    False and is ignored). Bounding the count bounds what a slow peer can make
+    us hold in memory.
+    """
+
+    def __init__(self, max_outstanding: int) -> None:
+        if max_outstanding < 1:
+            raise ValueError("max_outstanding must be >= 1")
+        self.max_outstanding = max_outstanding
+        self._deadlines: dict[int, float] = {}
+        # Min-heap of (deadline, id); resolved entries are skipped lazily and
+        # compacted away so the heap stays proportional to what is pending.
+        self._heap: list[tuple[float, int]] = []
+
+    def __len__(self) -> int:
+        return len(self._deadlines)
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._deadlines
+
+    def register(self, request_id: int, deadline: float) -> None:
+        """Record a request about to be sent.
+
+        @raise TooManyOutstandingRequests: the limit is reached; do not send.
+        @raise ValueError: the id is 0 (reserved) or already pending (our bug).
+        """
+        if request_id == CONNECTION_REQUEST_ID:
+            raise ValueError("request id 0 is reserved for connection-level frames")
+        if request_id in self._deadlines:
+            raise ValueError(f"request id {request_id} is already pending")
+        if len(self._deadlines) >= self.max_outstanding:
+            raise TooManyOutstandingRequests(self.max_outstanding)
+        self._deadlines[request_id] = deadline
+        heapq.heappush(self._heap, (deadline, request_id))
+
+    def resolve(self, frame: Frame) -> bool:
+        """Match a response; True if it answered a pending request (now resolved)."""
+        if self._deadlines.pop(frame.request_id, None) is None:
+            return False
+        if len(self._heap) > 2 * len(self._deadlines) + 64:
+            self._heap = [(deadline, rid) for rid, deadline in self._deadlines.items()]
+            heapq.heapify(self._heap)
+        return True
+
+    def expire(self, now: float) -> list[int]:
+        """Remove and return, earliest deadline first, the ids due at or before C{now}."""
+        expired = []
+        while self._heap and self._heap[0][0] <= now:
+            deadline, request_id = heapq.heappop(self._heap)
+            if self._deadlines.get(request_id) == deadline:
+                del self._deadlines[request_id]
+                expired.append(request_id)
+        return expired
+
+    def next_deadline(self) -> float | None:
+        """When the adapter's single timer should next call L{expire}; None if idle."""
+        while self._heap:
+            deadline, request_id = self._heap[0]
+            if self._deadlines.get(request_id) == deadline:
+                return deadline
+            heapq.heappop(self._heap)
+        return None
