@@ -1,0 +1,613 @@
+"""Tests for L{twistkv.node.peer}: the peer-protocol adapter and the client pool.
+
+Two protocols are joined by C{iosim} fake transports and pumped by hand; time
+is a C{MemoryReactorClock}. No sockets, no wall clock.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.test import iosim
+
+from twistkv.core.peerwire import Frame, FrameDecoder, HandshakeConfig, Role, error_frame
+from twistkv.node.peer import (
+    PeerBusy,
+    PeerClientPool,
+    PeerLimits,
+    PeerProtocol,
+    PeerRefused,
+    PeerServerFactory,
+    PeerTimeout,
+    PeerUnavailable,
+    RequestHandler,
+    VerbRouter,
+    split_address,
+)
+
+CLUSTER = "test"
+
+
+def config(node: str, secret: bytes | None = None) -> HandshakeConfig:
+    return HandshakeConfig(CLUSTER, node, f"{node}:7380", secret)
+
+
+class RecordingTransport(iosim.FakeTransport):
+    """An iosim transport that remembers each C{write} call, to check batching."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self.disconnecting:
+            self.writes.append(data)
+        super().write(data)
+
+
+def frames_in(writes: list[bytes]) -> list[Frame]:
+    return FrameDecoder().feed(b"".join(writes))
+
+
+def no_handler(peer: str, frame: Frame) -> Frame | None:
+    raise AssertionError(f"unexpected request {frame} from {peer}")
+
+
+def never(peer: str, frame: Frame) -> Deferred[Frame | None]:
+    return Deferred()
+
+
+class Pair:
+    """A client (initiator, node a) and a server (responder, node b) joined by iosim."""
+
+    def __init__(
+        self,
+        server_handler: RequestHandler = no_handler,
+        client_handler: RequestHandler = no_handler,
+        *,
+        client_secret: bytes | None = None,
+        server_secret: bytes | None = None,
+        limits: PeerLimits | None = None,
+    ) -> None:
+        limits = limits or PeerLimits()
+        self.clock = MemoryReactorClock()
+        self.lost: dict[str, str] = {}
+        self.client = PeerProtocol(
+            self.clock, Role.INITIATOR, config("a", client_secret), client_handler,
+            random.Random(1), limits, label="b:7380",
+            on_lost=lambda p, why: self.lost.__setitem__("client", why),
+        )
+        self.server = PeerProtocol(
+            self.clock, Role.RESPONDER, config("b", server_secret), server_handler,
+            random.Random(2), limits,
+            on_lost=lambda p, why: self.lost.__setitem__("server", why),
+        )
+        self.client_io = RecordingTransport(self.client, isServer=False,
+                                            peerAddress=IPv4Address("TCP", "10.0.0.2", 7380))
+        self.server_io = RecordingTransport(self.server, isServer=True,
+                                            peerAddress=IPv4Address("TCP", "10.0.0.1", 40000))
+        self.pump = iosim.connect(self.server, self.server_io, self.client, self.client_io,
+                                  clock=self.clock)
+
+    def flush(self) -> None:
+        self.pump.flush()
+
+
+def result_of(deferred: Deferred[Any]) -> Any:
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    assert results, "Deferred has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def failure_of(deferred: Deferred[Any]) -> Failure:
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    assert results, "Deferred has not fired"
+    assert isinstance(results[0], Failure), f"expected a failure, got {results[0]!r}"
+    return results[0]
+
+
+def pending(deferred: Deferred[Any]) -> bool:
+    return not deferred.called
+
+
+# -- handshake -------------------------------------------------------------------------------
+
+
+def test_handshake_with_the_same_secret_establishes_both_ends() -> None:
+    """With one cluster secret both ends authenticate and learn each other's node id."""
+    pair = Pair(client_secret=b"s3cret", server_secret=b"s3cret")
+    assert pair.client.ready and pair.server.ready
+    assert pair.client.peer is not None and pair.server.peer is not None
+    assert (pair.client.peer.peer_node_id, pair.client.peer.authenticated) == ("b", True)
+    assert (pair.server.peer.peer_node_id, pair.server.peer.peer_address) == ("a", "a:7380")
+    assert [f.verb for f in frames_in(pair.client_io.writes)] == ["HELLO", "AUTH"]
+    assert pair.lost == {}
+
+
+def test_handshake_with_a_wrong_secret_sends_error_and_closes_both_ends() -> None:
+    """Different secrets: the initiator refuses the responder's proof with ERROR 0
+    auth_failed, both ends report that code and the connection is closed."""
+    pair = Pair(client_secret=b"one", server_secret=b"two")
+    assert not pair.client.ready and not pair.server.ready
+    sent_by_client = frames_in(pair.client_io.writes)
+    assert [f.verb for f in sent_by_client] == ["HELLO", "ERROR"]
+    assert (sent_by_client[-1].request_id, sent_by_client[-1].fields["code"]) == (0, "auth_failed")
+    assert "auth_failed" in pair.lost["client"] and "we refused the peer" in pair.lost["client"]
+    assert "auth_failed" in pair.lost["server"] and "the peer refused us" in pair.lost["server"]
+    assert pair.client_io.disconnecting and pair.server_io.disconnecting
+
+
+def test_handshake_that_never_completes_is_abandoned() -> None:
+    """A peer that connects but never says HELLO is dropped after the handshake timeout."""
+    clock = MemoryReactorClock()
+    lost: list[str] = []
+    server = PeerProtocol(clock, Role.RESPONDER, config("b"), no_handler, random.Random(1),
+                          PeerLimits(handshake_timeout=3.0),
+                          on_lost=lambda p, why: lost.append(why))
+    transport = StringTransport()
+    server.makeConnection(transport)
+    clock.advance(2.9)
+    assert not transport.disconnecting
+    clock.advance(0.1)
+    assert transport.disconnecting
+
+
+def test_requests_before_the_handshake_fail_as_unavailable() -> None:
+    """A request on a connection still handshaking fails at once, not silently queued."""
+    clock = MemoryReactorClock()
+    client = PeerProtocol(clock, Role.INITIATOR, config("a"), no_handler, random.Random(1),
+                          label="b:7380")
+    client.makeConnection(StringTransport())
+    error = failure_of(client.request(Frame("PING", 0), timeout=1.0))
+    assert error.check(PeerUnavailable)
+    with pytest.raises(PeerUnavailable):
+        client.send(Frame("SWIM_GOSSIP", 0))
+
+
+# -- requests and responses ------------------------------------------------------------------
+
+
+def test_pipelined_requests_match_out_of_order_answers() -> None:
+    """Answers that come back in reverse order still reach the request they answer."""
+    waiting: list[tuple[Frame, Deferred[Frame | None]]] = []
+
+    def handler(peer: str, frame: Frame) -> Deferred[Frame | None]:
+        answer: Deferred[Frame | None] = Deferred()
+        waiting.append((frame, answer))
+        return answer
+
+    pair = Pair(handler)
+    keys = ["k1", "k2", "k3"]
+    requests = [pair.client.request(Frame("GET", 0, {"key": key}), timeout=5.0) for key in keys]
+    pair.flush()
+    assert [frame.fields["key"] for frame, _ in waiting] == keys
+    order: list[str] = []
+    for request, key in zip(requests, keys, strict=True):
+        request.addCallback(lambda frame, key=key: (order.append(key), frame)[1])
+    for frame, answer in reversed(waiting):
+        answer.callback(Frame("VAL", 0, payload=frame.fields["key"].encode()))
+        pair.flush()
+    assert order == ["k3", "k2", "k1"]
+    assert [result_of(r).payload for r in requests] == [b"k1", b"k2", b"k3"]
+    assert pair.client.outstanding == 0
+
+
+def test_request_timeout_errbacks_clearly_and_a_late_answer_is_dropped() -> None:
+    """An unanswered request fails with PeerTimeout naming peer, verb and timeout; the
+    answer arriving later is ignored without error."""
+    answers: list[Deferred[Frame | None]] = []
+
+    def handler(peer: str, frame: Frame) -> Deferred[Frame | None]:
+        answers.append(Deferred())
+        return answers[-1]
+
+    pair = Pair(handler)
+    request = pair.client.request(Frame("GET", 0, {"key": "k"}), timeout=2.0)
+    pair.flush()
+    pair.clock.advance(1.9)
+    assert pending(request)
+    pair.clock.advance(0.1)
+    error = failure_of(request)
+    assert error.check(PeerTimeout)
+    assert str(error.value) == "peer b:7380 did not answer GET within 2s"
+    answers[0].callback(Frame("VAL", 0))
+    pair.flush()
+    assert pair.client.ready and pair.client.outstanding == 0
+
+
+def test_lost_connection_errbacks_pending_requests() -> None:
+    """Requests outstanding when the connection goes fail with PeerUnavailable."""
+    pair = Pair(never)
+    requests = [pair.client.request(Frame("GET", 0, {"key": str(i)}), 5.0) for i in range(3)]
+    pair.flush()
+    pair.server_io.loseConnection()
+    pair.flush()
+    for request in requests:
+        error = failure_of(request)
+        assert error.check(PeerUnavailable)
+        assert error.value.address == "b:7380"
+    assert pair.client.outstanding == 0 and "client" in pair.lost
+
+
+def test_error_answer_fails_the_request_with_peer_refused() -> None:
+    """An ERROR <id> answer becomes PeerRefused carrying the peer's code and message."""
+    pair = Pair(lambda peer, frame: error_frame(0, "bad_request", "no key"))
+    request = pair.client.request(Frame("PUT", 0), 5.0)
+    pair.flush()
+    error = failure_of(request)
+    assert error.check(PeerRefused)
+    assert (error.value.code, error.value.message, error.value.verb) == (
+        "bad_request", "no key", "PUT")
+
+
+def test_unknown_verb_is_answered_and_the_connection_kept() -> None:
+    """A verb outside the vocabulary gets ERROR unknown_verb; the connection stays usable."""
+    pair = Pair()
+    request = pair.client.request(Frame("FROB", 0), 5.0)
+    pair.flush()
+    error = failure_of(request)
+    assert error.check(PeerRefused) and error.value.code == "unknown_verb"
+    ping = pair.client.request(Frame("PING", 0), 5.0)
+    pair.flush()
+    assert result_of(ping).verb == "PONG"
+
+
+def test_ping_is_answered_by_the_adapter_itself() -> None:
+    """PING never reaches the handler: the adapter answers PONG with the same id."""
+    pair = Pair()  # no_handler fails the test if called
+    pong = pair.client.request(Frame("PING", 0), 5.0)
+    pair.flush()
+    assert result_of(pong).verb == "PONG"
+
+
+def test_garbage_bytes_get_error_zero_and_close() -> None:
+    """Bytes that are not a frame are a protocol error: ERROR 0, then the connection closes."""
+    pair = Pair()
+    before = len(pair.server_io.writes)
+    pair.client_io.write(b"\x00\xffnot a frame at all\r\n")
+    pair.flush()
+    answer = frames_in(pair.server_io.writes[before:])
+    assert len(answer) == 1 and answer[0].verb == "ERROR" and answer[0].request_id == 0
+    assert answer[0].fields["code"] == "bad_header"
+    assert "protocol error: bad_header" in pair.lost["server"]
+    assert "closed by the peer: bad_header" in pair.lost["client"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [(b"GET 0 key=k\r\n", "bad_request_id"), (b"HELLO 0 version=1\r\n", "bad_hello")],
+)
+def test_request_id_zero_and_late_hello_are_protocol_errors(raw: bytes, code: str) -> None:
+    """A request under the reserved id 0, or a second HELLO, closes the connection."""
+    pair = Pair(lambda peer, frame: Frame("VAL", 0))
+    pair.client_io.write(raw)
+    pair.flush()
+    assert f"protocol error: {code}" in pair.lost["server"]
+
+
+def test_one_way_frames_reach_the_handler_and_get_no_answer() -> None:
+    """A one-way frame is handled; the handler's None answer sends nothing back."""
+    seen: list[tuple[str, Frame]] = []
+
+    def handler(peer: str, frame: Frame) -> None:
+        seen.append((peer, frame))
+
+    pair = Pair(handler)
+    before = len(pair.server_io.writes)
+    pair.client.send(Frame("SWIM_GOSSIP", 0, {"from": "a"}, b"alive a 1 a:7380 - -"))
+    pair.flush()
+    assert [(peer, f.verb, f.payload) for peer, f in seen] == [
+        ("a", "SWIM_GOSSIP", b"alive a 1 a:7380 - -")
+    ]
+    assert seen[0][1].request_id != 0
+    assert pair.server_io.writes[before:] == []
+
+
+def test_handler_backlog_beyond_the_limit_is_refused_too_many_requests() -> None:
+    """Requests beyond the per-connection handler backlog are answered too_many_requests,
+    and a slot frees up once an answer goes out."""
+    answers: list[Deferred[Frame | None]] = []
+
+    def handler(peer: str, frame: Frame) -> Deferred[Frame | None]:
+        answers.append(Deferred())
+        return answers[-1]
+
+    pair = Pair(handler, limits=PeerLimits(max_handler_backlog=2))
+    requests = [pair.client.request(Frame("GET", 0, {"key": str(i)}), 5.0) for i in range(3)]
+    pair.flush()
+    assert len(answers) == 2
+    error = failure_of(requests[2])
+    assert error.check(PeerRefused) and error.value.code == "too_many_requests"
+    answers[0].callback(Frame("VAL", 0))
+    retry = pair.client.request(Frame("GET", 0, {"key": "again"}), 5.0)
+    pair.flush()
+    assert len(answers) == 3 and pending(retry)
+
+
+def test_outstanding_requests_are_bounded_on_the_sender() -> None:
+    """We never send more outstanding requests than our limit: the next fails PeerBusy."""
+    pair = Pair(never, limits=PeerLimits(max_outstanding=2))
+    first = [pair.client.request(Frame("GET", 0), 5.0) for _ in range(2)]
+    third = pair.client.request(Frame("GET", 0), 5.0)
+    assert all(pending(d) for d in first)
+    assert failure_of(third).check(PeerBusy)
+
+
+def test_handler_exceptions_are_answered_nack_internal_error() -> None:
+    """A handler that raises (now or later) costs the peer one NACK, not the connection."""
+    later: Deferred[Frame | None] = Deferred()
+
+    def handler(peer: str, frame: Frame) -> Deferred[Frame | None]:
+        if frame.fields["key"] == "now":
+            raise RuntimeError("boom")
+        return later
+
+    pair = Pair(handler)
+    now = pair.client.request(Frame("GET", 0, {"key": "now"}), 5.0)
+    deferred = pair.client.request(Frame("GET", 0, {"key": "later"}), 5.0)
+    pair.flush()
+    later.errback(RuntimeError("boom later"))
+    pair.flush()
+    for request in (now, deferred):
+        frame = result_of(request)
+        assert (frame.verb, frame.fields["reason"]) == ("NACK", "internal_error")
+    assert pair.client.ready
+
+
+def test_cancelled_request_frees_its_slot() -> None:
+    """Cancelling a request forgets it; its late answer is dropped."""
+    answers: list[Deferred[Frame | None]] = []
+
+    def handler(peer: str, frame: Frame) -> Deferred[Frame | None]:
+        answers.append(Deferred())
+        return answers[-1]
+
+    pair = Pair(handler, limits=PeerLimits(max_outstanding=1))
+    request = pair.client.request(Frame("GET", 0), 5.0)
+    pair.flush()
+    request.cancel()
+    failure_of(request)
+    assert pair.client.outstanding == 0
+    answers[0].callback(Frame("VAL", 0))
+    pair.flush()
+    assert pending(pair.client.request(Frame("GET", 0), 5.0))
+
+
+def test_answers_of_one_turn_leave_in_one_write() -> None:
+    """Pipelined requests arriving together are answered with a single transport.write."""
+    pair = Pair(lambda peer, frame: Frame("VAL", 0))
+    for i in range(5):
+        pair.client.request(Frame("GET", 0, {"key": str(i)}), 5.0)
+    client_before, server_before = len(pair.client_io.writes), len(pair.server_io.writes)
+    pair.flush()
+    assert len(pair.client_io.writes) - client_before == 1
+    assert len(pair.server_io.writes) - server_before == 1
+    assert len(frames_in(pair.server_io.writes[server_before:])) == 5
+
+
+def test_verb_router_dispatches_and_refuses_unrouted_verbs() -> None:
+    """VerbRouter sends each verb to its owner and answers unknown_verb for the rest."""
+    router = VerbRouter()
+    router.route(["GET"], lambda peer, frame: Frame("VAL", 0, payload=peer.encode()))
+    answer = router("a", Frame("GET", 7))
+    assert isinstance(answer, Frame) and answer.payload == b"a"
+    refused = router("a", Frame("STATS", 7))
+    assert isinstance(refused, Frame)
+    assert (refused.verb, refused.request_id, refused.fields["code"]) == (
+        "ERROR", 7, "unknown_verb")
+    with pytest.raises(ValueError):
+        router.route(["GET"], no_handler)
+
+
+def test_split_address() -> None:
+    """Addresses are host:port, with brackets around IPv6 hosts."""
+    assert split_address("n1:7380") == ("n1", 7380)
+    assert split_address("[::1]:7380") == ("::1", 7380)
+    for bad in ("n1", "n1:", ":7380", "n1:0", "n1:70000", "n1:x"):
+        with pytest.raises(ValueError):
+            split_address(bad)
+
+
+# -- the pool --------------------------------------------------------------------------------
+
+
+class FakeEndpoint:
+    """Dials by building both protocols by hand and joining them with iosim."""
+
+    def __init__(self, net: FakeNet, address: str) -> None:
+        self._net = net
+        self._address = address
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
+        net = self._net
+        net.dials.append(self._address)
+        if net.behaviour == "refuse":
+            return fail(ConnectionRefusedError(self._address))
+        if net.behaviour == "hang":
+            return Deferred()
+        client = factory.buildProtocol(IPv4Address("TCP", "10.0.0.2", 7380))
+        server = net.server_factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 40000))
+        client_io = RecordingTransport(client, isServer=False)
+        server_io = RecordingTransport(server, isServer=True)
+        net.pumps.append(iosim.connect(server, server_io, client, client_io, greet=False,
+                                       clock=net.clock))
+        net.client_ios.append(client_io)
+        return succeed(client)
+
+
+class FakeNet:
+    """A pool for node a dialling a server factory for node b."""
+
+    def __init__(self, server_handler: RequestHandler = lambda peer, frame: Frame("ACK", 0),
+                 client_handler: RequestHandler = no_handler, *,
+                 server_secret: bytes | None = None, client_secret: bytes | None = None,
+                 **pool_options: Any) -> None:
+        self.clock = MemoryReactorClock()
+        self.behaviour = "connect"
+        self.dials: list[str] = []
+        self.pumps: list[iosim.IOPump] = []
+        self.client_ios: list[RecordingTransport] = []
+        self.server_factory = PeerServerFactory(self.clock, config("b", server_secret),
+                                                server_handler, random.Random(2))
+        self.pool = PeerClientPool(self.clock, config("a", client_secret), client_handler,
+                                   random.Random(1), endpoint_factory=self.endpoint,
+                                   **pool_options)
+
+    def endpoint(self, address: str) -> FakeEndpoint:
+        return FakeEndpoint(self, address)
+
+    def flush(self) -> None:
+        for pump in self.pumps:
+            pump.flush()
+
+
+def test_pool_queues_while_connecting_then_reuses_the_connection() -> None:
+    """Requests made before the connection is up are sent once it is; later requests reuse
+    that one connection."""
+    net = FakeNet()
+    first = [net.pool.request("b:7380", Frame("PUT", 0, {"key": str(i)})) for i in range(2)]
+    assert all(pending(d) for d in first)
+    net.flush()
+    assert [result_of(d).verb for d in first] == ["ACK", "ACK"]
+    again = net.pool.request("b:7380", Frame("PUT", 0))
+    net.flush()
+    assert result_of(again).verb == "ACK"
+    assert net.dials == ["b:7380"]
+    assert net.pool.peer_node_id("b:7380") == "b"
+
+
+def test_pool_coalesces_the_frames_of_one_turn_into_one_write() -> None:
+    """Frames sent to one peer in one reactor turn share a single transport.write."""
+    net = FakeNet()
+    warmup = net.pool.request("b:7380", Frame("PING", 0))
+    net.flush()
+    result_of(warmup)
+    client_io = net.client_ios[0]
+    before = len(client_io.writes)
+    requests = [net.pool.request("b:7380", Frame("PUT", 0, {"key": str(i)})) for i in range(10)]
+    net.pool.send("b:7380", Frame("SWIM_GOSSIP", 0))
+    assert len(client_io.writes) == before  # nothing written yet: flushed at the turn's end
+    net.clock.advance(0)
+    assert len(client_io.writes) == before + 1
+    assert [f.verb for f in frames_in(client_io.writes[before:])] == (
+        ["PUT"] * 10 + ["SWIM_GOSSIP"])
+    net.flush()
+    assert all(result_of(r).verb == "ACK" for r in requests)
+
+
+def test_refused_connect_fails_requests_and_backs_off_with_growing_intervals() -> None:
+    """A refused connect fails the queued request; the next ones fail fast without dialling
+    until a jittered interval passes, and the interval grows with each failure."""
+    net = FakeNet(backoff_initial=1.0, backoff_max=8.0)
+    net.behaviour = "refuse"
+    error = failure_of(net.pool.request("b:7380", Frame("GET", 0)))
+    assert error.check(PeerUnavailable) and "connect failed" in error.value.reason
+    net.clock.advance(0.49)
+    fast = failure_of(net.pool.request("b:7380", Frame("GET", 0)))
+    assert "next attempt in" in str(fast.value)
+    assert net.dials == ["b:7380"]
+    net.clock.advance(0.51)  # the first interval lies within [0.5, 1]
+    failure_of(net.pool.request("b:7380", Frame("GET", 0)))
+    assert len(net.dials) == 2
+    net.clock.advance(0.99)  # the second within [1, 2]
+    failure_of(net.pool.request("b:7380", Frame("GET", 0)))
+    assert len(net.dials) == 2
+    net.behaviour = "connect"
+    net.clock.advance(1.01)
+    recovered = net.pool.request("b:7380", Frame("GET", 0))
+    net.flush()
+    assert result_of(recovered).verb == "ACK" and len(net.dials) == 3
+
+
+def test_connect_timeout_fails_queued_requests() -> None:
+    """A connect that hangs is cancelled after connect_timeout; queued requests fail."""
+    net = FakeNet(connect_timeout=3.0, request_timeout=10.0)
+    net.behaviour = "hang"
+    request = net.pool.request("b:7380", Frame("GET", 0))
+    net.clock.advance(2.9)
+    assert pending(request)
+    net.clock.advance(0.1)
+    error = failure_of(request)
+    assert error.check(PeerUnavailable)
+    assert error.value.reason == "connect timed out after 3s"
+
+
+def test_queued_request_times_out_while_still_connecting() -> None:
+    """A request's own timeout runs while it waits for the connection."""
+    net = FakeNet(connect_timeout=30.0)
+    net.behaviour = "hang"
+    request = net.pool.request("b:7380", Frame("GET", 0), timeout=1.0)
+    net.clock.advance(1.0)
+    assert failure_of(request).check(PeerTimeout)
+
+
+def test_pool_reports_a_failed_handshake_as_unavailable() -> None:
+    """A wrong cluster secret surfaces as PeerUnavailable carrying the handshake's code."""
+    net = FakeNet(server_secret=b"one", client_secret=b"two")
+    request = net.pool.request("b:7380", Frame("GET", 0))
+    net.flush()
+    error = failure_of(request)
+    assert error.check(PeerUnavailable) and "auth_failed" in error.value.reason
+
+
+def test_lost_connection_fails_pending_and_the_next_request_redials_at_once() -> None:
+    """Losing an established connection fails its requests; the next request dials again
+    without waiting (the peer may just have restarted)."""
+    net = FakeNet(never)
+    request = net.pool.request("b:7380", Frame("GET", 0))
+    net.flush()
+    connection = net.pool.connection("b:7380")
+    assert connection is not None and connection.ready
+    net.client_ios[0].loseConnection()
+    net.flush()
+    assert failure_of(request).check(PeerUnavailable)
+    net.pool.request("b:7380", Frame("GET", 0))
+    assert len(net.dials) == 2
+
+
+def test_peer_can_send_requests_on_our_connection() -> None:
+    """Either end may send requests: the pool's handler answers the server's request."""
+    net = FakeNet(client_handler=lambda peer, frame: Frame("VAL", 0, payload=peer.encode()))
+    net.pool.request("b:7380", Frame("PING", 0))
+    net.flush()
+    (server_side,) = net.server_factory.connections
+    answer = server_side.request(Frame("GET", 0), 5.0)
+    net.flush()
+    assert result_of(answer).payload == b"b"
+
+
+def test_pool_close_fails_everything_and_waits_for_connections() -> None:
+    """close() fails queued and outstanding requests and fires once connections are gone;
+    later requests fail at once."""
+    net = FakeNet(never)
+    outstanding = net.pool.request("b:7380", Frame("GET", 0))
+    net.flush()
+    closed = net.pool.close()
+    net.flush()
+    assert result_of(closed) is None
+    assert failure_of(outstanding).check(PeerUnavailable)
+    late = failure_of(net.pool.request("b:7380", Frame("GET", 0)))
+    assert "closed" in str(late.value)
+
+
+def test_server_factory_closes_its_connections() -> None:
+    """close_connections() closes every accepted connection and fires when they are gone."""
+    net = FakeNet()
+    net.pool.request("b:7380", Frame("PING", 0))
+    net.flush()
+    assert len(net.server_factory.connections) == 1
+    done = net.server_factory.close_connections()
+    net.flush()
+    assert result_of(done) is None and not net.server_factory.connections
