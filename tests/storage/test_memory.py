@@ -1,0 +1,33 @@
+"""MemoryStore beyond the shared contract: what it reports about itself."""
+
+from __future__ import annotations
+
+from twistkv.storage.memory import MemoryStore
+
+
+def test_reports_not_durable_and_no_path() -> None:
+    """The group committer reads durable=False as "nothing to sync"; there is no data dir."""
+    store = MemoryStore()
+    assert store.durable is False
+    assert store.path is None
+
+
+def test_size_counts_live_key_and_value_bytes_exactly() -> None:
+    """Overwrites replace and deletes remove their bytes, so the size never drifts."""
+    store = MemoryStore()
+    store.write([(b"ab", b"1234"), (b"c", b"5")])
+    assert store.approximate_size_bytes() == 2 + 4 + 1 + 1
+    store.write([(b"ab", b"x"), (b"c", None), (b"missing", None)])
+    assert store.approximate_size_bytes() == 2 + 1
+    store.write([(b"ab", b"y"), (b"ab", b"zz")])
+    assert store.approximate_size_bytes() == 2 + 2
+    assert store.approximate_key_count() == 1
+
+
+def test_close_drops_the_data() -> None:
+    """close() releases the memory: counters read zero afterwards."""
+    store = MemoryStore()
+    store.write([(b"k", b"v" * 1000)])
+    store.close()
+    assert store.approximate_key_count() == 0
+    assert store.approximate_size_bytes() == 0

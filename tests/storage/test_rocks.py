@@ -1,0 +1,269 @@
+"""RocksStore beyond the shared contract: persistence, checkpoints, error mapping,
+and the rocksdict 0.3.29 behaviours that twistkv relies on or works around.
+
+The "pinned" tests describe rocksdict itself, not our code: if one fails
+after a rocksdict upgrade, re-read the module docstring of
+L{twistkv.storage.rocks} and DESIGN.md section 2 before changing the test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rocksdict import Options, Rdict, ReadOptions
+
+from twistkv.storage.errors import (
+    StorageError,
+    StoreCorruptedError,
+    StoreFullError,
+    StoreIOError,
+    StoreLockedError,
+    StoreOpenError,
+)
+from twistkv.storage.rocks import RocksStore, _translate
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RocksStore]:
+    """An empty RocksStore in a fresh data dir, closed after the test."""
+    opened = RocksStore(tmp_path / "db")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def raw_db(tmp_path: Path) -> Iterator[Rdict]:
+    """A bare rocksdict DB opened the way RocksStore opens it (raw mode)."""
+    db = Rdict(str(tmp_path / "raw"), Options(raw_mode=True))
+    yield db
+    db.close()
+
+
+def test_reports_durable_and_its_path(store: RocksStore, tmp_path: Path) -> None:
+    """A RocksStore says it is durable and names its data dir."""
+    assert store.durable is True
+    assert store.path == str(tmp_path / "db")
+
+
+def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
+    """Synced writes and writes applied just before close() are both there after reopening."""
+    first = RocksStore(tmp_path / "db")
+    first.write([(b"synced", b"1"), (b"deleted", b"x")])
+    first.sync()
+    first.write([(b"unsynced", b"2"), (b"deleted", None)])
+    first.close()
+    reopened = RocksStore(tmp_path / "db")
+    try:
+        assert list(reopened.iterate()) == [(b"synced", b"1"), (b"unsynced", b"2")]
+    finally:
+        reopened.close()
+
+
+def test_unknown_compression_is_refused(tmp_path: Path) -> None:
+    """A typo in the compression name fails fast with the valid choices, before touching disk."""
+    with pytest.raises(ValueError, match="lz4"):
+        RocksStore(tmp_path / "db", compression="lzma")
+    assert not (tmp_path / "db").exists()
+
+
+# -- errors ------------------------------------------------------------------
+
+
+def test_second_open_in_the_same_process_is_refused(store: RocksStore) -> None:
+    """Opening an open data dir again raises StoreLockedError naming the dir."""
+    with pytest.raises(StoreLockedError, match="already open in this process") as caught:
+        RocksStore(store.path)
+    assert store.path in str(caught.value)
+    assert caught.value.path == store.path
+
+
+def test_open_held_by_another_process_is_refused(tmp_path: Path) -> None:
+    """A data dir locked by another process raises StoreLockedError saying so."""
+    data_dir = tmp_path / "db"
+    RocksStore(data_dir).close()
+    # RocksDB locks LOCK with fcntl(F_SETLK), as lockf() does: a plain
+    # Python child holding it stands in for a second twistkv node.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys; f = open(sys.argv[1], 'r+'); fcntl.lockf(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); sys.stdin.read()",
+            str(data_dir / "LOCK"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        with pytest.raises(StoreLockedError, match="in use by another process") as caught:
+            RocksStore(data_dir)
+        assert str(data_dir) in str(caught.value)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait()
+    RocksStore(data_dir).close()  # the lock died with its holder
+
+
+def test_path_that_is_a_file_cannot_be_opened(tmp_path: Path) -> None:
+    """A data dir path naming a regular file raises StoreOpenError naming the path."""
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(StoreOpenError, match=str(not_a_dir)):
+        RocksStore(not_a_dir)
+
+
+def test_corrupt_data_dir_is_reported_as_corruption(tmp_path: Path) -> None:
+    """RocksDB's corruption status becomes StoreCorruptedError naming the dir."""
+    data_dir = tmp_path / "db"
+    RocksStore(data_dir).close()
+    (data_dir / "CURRENT").write_text("garbage")
+    with pytest.raises(StoreCorruptedError, match=f"data dir {data_dir} is corrupt"):
+        RocksStore(data_dir)
+
+
+def test_failed_wal_write_becomes_store_io_error(tmp_path: Path) -> None:
+    """A real I/O failure (file size limit hit while appending the WAL) raises StoreIOError.
+
+    Runs in a child process, as the limit applies to the whole process.
+    """
+    script = textwrap.dedent(
+        """
+        import resource, signal, sys
+        from twistkv.storage.errors import StoreIOError
+        from twistkv.storage.rocks import RocksStore
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        store = RocksStore(sys.argv[1])
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+        try:
+            for i in range(1000):
+                store.write([(b"k%d" % i, b"x" * 1000)])
+        except StoreIOError as error:
+            print(type(error).__name__, error.path, error)
+        """
+    )
+    data_dir = str(tmp_path / "db")
+    child = subprocess.run(
+        [sys.executable, "-c", script, data_dir], capture_output=True, text=True, check=True
+    )
+    assert child.stdout.startswith(f"StoreIOError {data_dir} I/O error while writing to data dir")
+    assert "File too large" in child.stdout
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (
+            "IO error: No space left on device While appending to file: /d/000008.log: "
+            "No space left on device",
+            StoreFullError,
+        ),
+        ("IO error: While fdatasync: /d/000008.log: Input/output error", StoreIOError),
+        ("Corruption: block checksum mismatch: stored = 1, computed = 2", StoreCorruptedError),
+        ("Invalid argument: Compression type LZ4 is not linked with the binary.", StorageError),
+    ],
+)
+def test_rocksdb_status_maps_to_the_error_tree(status: str, expected: type[StorageError]) -> None:
+    """Statuses we cannot provoke in a test (disk full, EIO) map by RocksDB's status text."""
+    error = _translate(Exception(status), "./data/n1", "syncing")
+    assert type(error) is expected
+    assert isinstance(error, StorageError)
+    assert "./data/n1" in str(error) and status in str(error)
+
+
+# -- checkpoints ---------------------------------------------------------------
+
+
+def test_checkpoint_is_point_in_time(store: RocksStore, tmp_path: Path) -> None:
+    """A checkpoint holds every write applied before it (synced or not) and none after."""
+    store.write([(b"a", b"before"), (b"gone", b"x")])
+    store.write([(b"gone", None)])
+    store.checkpoint(tmp_path / "copy")
+    store.write([(b"a", b"after"), (b"b", b"after")])
+    copy = RocksStore(tmp_path / "copy")
+    try:
+        assert list(copy.iterate()) == [(b"a", b"before")]
+    finally:
+        copy.close()
+    assert store.get(b"a") == b"after"
+
+
+def test_checkpoint_into_an_existing_dir_fails_clearly(store: RocksStore, tmp_path: Path) -> None:
+    """Checkpointing over an existing dir raises StorageError naming both paths."""
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(StorageError, match=f"checkpointing to {existing}") as caught:
+        store.checkpoint(existing)
+    assert store.path in str(caught.value)
+
+
+# -- pinned rocksdict 0.3.29 behaviours -----------------------------------------
+
+
+def test_pinned_snapshot_point_reads_are_point_in_time(raw_db: Rdict) -> None:
+    """Snapshot[key] ignores writes made after the snapshot: safe to rely on."""
+    raw_db[b"k"] = b"old"
+    snapshot = raw_db.snapshot()
+    raw_db[b"k"] = b"new"
+    raw_db[b"later"] = b"x"
+    assert snapshot[b"k"] == b"old"
+    with pytest.raises(Exception, match="key not found"):
+        snapshot[b"later"]
+
+
+def test_pinned_snapshot_iteration_sees_later_writes(raw_db: Rdict) -> None:
+    """Snapshot.items() does NOT honour the snapshot: never build on it (use checkpoints)."""
+    raw_db[b"a"] = b"1"
+    snapshot = raw_db.snapshot()
+    raw_db[b"b"] = b"2"
+    assert [key for key, _ in snapshot.items()] == [b"a", b"b"]
+
+
+def test_pinned_iterate_lower_bound_sets_the_upper_bound(raw_db: Rdict) -> None:
+    """ReadOptions.set_iterate_lower_bound(b"b") hides keys from b on, not before it.
+
+    So RocksStore checks range ends itself rather than through read options.
+    """
+    for key in (b"a", b"b", b"c"):
+        raw_db[key] = b"v"
+    lower_bounded = ReadOptions()
+    lower_bounded.set_iterate_lower_bound(b"b")
+    cursor = raw_db.iter(lower_bounded)
+    cursor.seek_to_first()
+    seen = []
+    while cursor.valid():
+        seen.append(cursor.key())
+        cursor.next()
+    assert seen == [b"a"]
+
+
+def test_pinned_live_iterator_keeps_the_lock_after_close(tmp_path: Path) -> None:
+    """A live RdictIter keeps the DB open past close(); RocksStore's iterators do not.
+
+    This is why RocksStore.iterate reads in batches and holds no rocksdict
+    iterator while its caller runs: an abandoned SCAN must not stop a
+    restart in the same process from reopening the data dir.
+    """
+    raw_path = str(tmp_path / "raw")
+    db = Rdict(raw_path, Options(raw_mode=True))
+    db[b"k"] = b"v"
+    cursor = db.iter()
+    cursor.seek_to_first()
+    db.close()
+    with pytest.raises(Exception, match="lock hold by current process"):
+        Rdict(raw_path, Options(raw_mode=True))
+    del cursor
+    Rdict(raw_path, Options(raw_mode=True)).close()
+
+    store = RocksStore(tmp_path / "db")
+    store.write([(b"k%03d" % i, b"v") for i in range(100)])
+    abandoned = store.iterate()
+    next(abandoned)
+    store.close()
+    RocksStore(tmp_path / "db").close()
