@@ -1,0 +1,179 @@
+"""The ``twistd kvnode`` command line: options, validation and service wiring.
+
+``twisted/plugins/kvnode.py`` only names this module; everything testable
+lives here, as in C{twisted.names.tap}. Options are checked in
+L{Options.postOptions} so a bad flag is a one-line C{UsageError}, never a
+traceback from deep inside startup.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from twistkv.config import (
+    DEFAULT_CLIENT_PORT,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_PEER_PORT,
+    NodeConfig,
+    NodeIdError,
+    resolve_node_id,
+    valid_node_id,
+)
+
+__all__ = ["Options", "makeService"]
+
+_STORAGE_CHOICES = ("rocksdb", "memory")
+_FSYNC_CHOICES = ("always", "everysec", "never")
+
+
+def _positive_int(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise usage.UsageError(f"--{name} must be a whole number, not {text!r}") from None
+    if value <= 0:
+        raise usage.UsageError(f"--{name} must be positive, not {value}")
+    return value
+
+
+def _check_endpoint(name: str, description: str) -> None:
+    """Reject a malformed endpoint string now rather than when listening."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        serverFromString(MemoryReactor(), description)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise usage.UsageError(
+            f"--{name} {description!r} is not a Twisted endpoint string "
+            f"(e.g. tcp:{DEFAULT_CLIENT_PORT}:interface=127.0.0.1): {exc}"
+        ) from None
+
+
+class Options(usage.Options):
+    """Options of ``twistd kvnode``.
+
+    Seed 000's environment variables supply defaults: ``PORT`` (client
+    port), ``PEERS`` (comma-separated seed peers) and ``NODE_ID``.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run one twistkv node. Clients connect with redis-cli, redis-py or telnet to "
+        "--listen; the HTTP API and dashboard are on --http; nodes talk to each other "
+        "on --peer-listen. Listen addresses are Twisted endpoint strings."
+    )
+
+    optFlags = [
+        ["enable-flushdb", None, "Allow FLUSHDB/FLUSHALL (refused by default: it erases all data)."],
+    ]
+
+    optParameters = [
+        ["listen", "l", None,
+         f"Client (RESP/telnet) endpoint [default: tcp:$PORT or tcp:{DEFAULT_CLIENT_PORT}]."],
+        ["http", None, f"tcp:{DEFAULT_HTTP_PORT}",
+         "HTTP API + dashboard endpoint, or 'none' to disable."],
+        ["peer-listen", None, f"tcp:{DEFAULT_PEER_PORT}", "Peer protocol endpoint."],
+        ["node-id", None, None,
+         "This node's id [default: $NODE_ID, else the id stored in --data-dir, else generated and stored]."],
+        ["data-dir", "d", None,
+         "Data directory [default: ./data/<node-id>, or ./data/twistkv without a node id]."],
+        ["log-dir", None, None, "Directory for JSON-lines logs [default: ./logs/<node-id>]."],
+        ["storage", None, "rocksdb", "Storage: rocksdb (durable) or memory (lost on exit)."],
+        ["fsync", None, "always",
+         "When writes reach disk: always (ack after WAL fsync, group-committed), "
+         "everysec (up to ~1 s of acked writes lost on power failure) or never (OS decides)."],
+        ["max-value-bytes", None, str(16 * 1024 * 1024), "Largest value accepted, in bytes."],
+        ["max-clients", None, "10000", "Most simultaneous client connections."],
+        ["cluster-name", None, "twistkv",
+         "Cluster name; nodes refuse peers with another name."],
+        ["seeds", None, None,
+         "Comma-separated peer addresses (host:port) to join [default: $PEERS]."],
+    ]
+
+    def postOptions(self) -> None:
+        """Validate every option and build the L{NodeConfig} as C{self.config}."""
+        env = os.environ
+        listen = self["listen"]
+        if listen is None:
+            port = env.get("PORT")
+            if port is not None:
+                _positive_int("listen (from $PORT)", port)
+                listen = f"tcp:{port}"
+            else:
+                listen = f"tcp:{DEFAULT_CLIENT_PORT}"
+        http = self["http"]
+        if http is not None and http.lower() == "none":
+            http = None
+        for name, desc in (("listen", listen), ("http", http), ("peer-listen", self["peer-listen"])):
+            if desc is not None:
+                _check_endpoint(name, desc)
+
+        if self["storage"] not in _STORAGE_CHOICES:
+            raise usage.UsageError(
+                f"--storage must be one of {', '.join(_STORAGE_CHOICES)}, not {self['storage']!r}"
+            )
+        if self["fsync"] not in _FSYNC_CHOICES:
+            raise usage.UsageError(
+                f"--fsync must be one of {', '.join(_FSYNC_CHOICES)}, not {self['fsync']!r}"
+            )
+        max_value = _positive_int("max-value-bytes", self["max-value-bytes"])
+        max_clients = _positive_int("max-clients", self["max-clients"])
+
+        seeds_text = self["seeds"] if self["seeds"] is not None else env.get("PEERS", "")
+        seeds = tuple(s.strip() for s in seeds_text.split(",") if s.strip())
+        for seed in seeds:
+            host, sep, port = seed.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise usage.UsageError(f"seed {seed!r} is not host:port")
+
+        if not valid_node_id(self["cluster-name"]):
+            raise usage.UsageError(
+                f"invalid cluster name {self['cluster-name']!r}: use 1-63 characters from A-Z a-z 0-9 . _ -"
+            )
+        requested_id = self["node-id"] or env.get("NODE_ID") or None
+        if requested_id is not None and not valid_node_id(requested_id):
+            raise usage.UsageError(
+                f"invalid node id {requested_id!r}: use 1-63 characters from A-Z a-z 0-9 . _ -"
+            )
+        if self["data-dir"]:
+            data_dir = Path(self["data-dir"])
+        elif requested_id:
+            data_dir = Path("data") / requested_id
+        else:
+            data_dir = Path("data") / "twistkv"
+        try:
+            node_id = resolve_node_id(data_dir, requested_id)
+        except NodeIdError as exc:
+            raise usage.UsageError(str(exc)) from None
+        except OSError as exc:
+            raise usage.UsageError(f"cannot use data dir {data_dir}: {exc.strerror}") from None
+        log_dir = Path(self["log-dir"]) if self["log-dir"] else Path("logs") / node_id
+
+        self.config = NodeConfig(
+            node_id=node_id,
+            data_dir=data_dir,
+            log_dir=log_dir,
+            listen=listen,
+            http=http,
+            peer_listen=self["peer-listen"],
+            storage=self["storage"],
+            fsync=self["fsync"],
+            max_value_bytes=max_value,
+            max_clients=max_clients,
+            seeds=seeds,
+            cluster_name=self["cluster-name"],
+            enable_flushdb=bool(self["enable-flushdb"]),
+        )
+
+
+def makeService(options: Any) -> IService:
+    """Build the node's service tree from parsed L{Options}."""
+    from twistkv.node.service import KVNodeService
+
+    return KVNodeService(options.config)
