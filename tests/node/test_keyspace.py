@@ -1,0 +1,129 @@
+"""Tests for twistkv.node.keyspace: versioned records, expiry and counting."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from twistkv.core.versioning import HybridLogicalClock
+from twistkv.node.durability import GroupCommitter
+from twistkv.node.keyspace import KEEP_TTL, LocalKeyspace
+from twistkv.storage.memory import MemoryStore
+
+
+def test_set_get_and_versions_descend(keyspace: LocalKeyspace, clock: Clock) -> None:
+    """Each write replaces the previous version with one whose clock descends it."""
+    keyspace.set(b"k", b"v1")
+    first = keyspace.get(b"k")
+    keyspace.set(b"k", b"v2")
+    second = keyspace.get(b"k")
+    assert first is not None and second is not None
+    assert second.value == b"v2"
+    assert dict(second.clock)["n1"] == dict(first.clock)["n1"] + 1
+    assert second.hlc > first.hlc
+    record = keyspace.record(b"k")
+    assert record is not None and len(record.versions) == 1
+
+
+def test_write_waits_for_group_commit(keyspace: LocalKeyspace, clock: Clock) -> None:
+    """With fsync always a write is visible at once but its wait fires only after the sync."""
+    wait = keyspace.set(b"k", b"v")
+    assert keyspace.get(b"k") is not None
+    assert wait is not None
+    fired: list[object] = []
+    wait.addCallback(fired.append)
+    assert fired == []
+    clock.advance(0)
+    assert fired == [None]
+
+
+def test_expiry_hides_then_sweeps(keyspace: LocalKeyspace, clock: Clock) -> None:
+    """A key is invisible from its expiry on, and the sweep removes it and fixes the count."""
+    now = keyspace.now_ms()
+    keyspace.set(b"short", b"v", now + 1000)
+    keyspace.set(b"forever", b"v")
+    assert keyspace.key_count() == 2
+    clock.advance(1.0)
+    assert keyspace.get(b"short") is None
+    assert keyspace.expire_due() == 1
+    assert keyspace.key_count() == 1
+    assert keyspace.record(b"short") is None
+    assert keyspace.expired_keys == 1
+
+
+def test_overwrite_cancels_pending_expiry(keyspace: LocalKeyspace, clock: Clock) -> None:
+    """A stale expiry-heap entry does not delete a key rewritten without TTL."""
+    keyspace.set(b"k", b"v", keyspace.now_ms() + 10)
+    keyspace.set(b"k", b"v2")
+    clock.advance(1)
+    assert keyspace.expire_due() == 0
+    version = keyspace.get(b"k")
+    assert version is not None and version.value == b"v2"
+
+
+def test_keep_ttl(keyspace: LocalKeyspace) -> None:
+    """KEEP_TTL keeps the current expiry; a plain set clears it."""
+    expires = keyspace.now_ms() + 5000
+    keyspace.set(b"k", b"a", expires)
+    keyspace.set(b"k", b"b", KEEP_TTL)
+    version = keyspace.get(b"k")
+    assert version is not None and version.expires_at_ms == expires
+    keyspace.set(b"k", b"c")
+    version = keyspace.get(b"k")
+    assert version is not None and version.expires_at_ms == 0
+
+
+def test_delete_counts_only_live_keys(keyspace: LocalKeyspace, clock: Clock) -> None:
+    """delete() reports keys that held a live value, ignoring duplicates and missing keys."""
+    keyspace.set(b"a", b"1")
+    keyspace.set(b"b", b"2", keyspace.now_ms() + 1)
+    clock.advance(1)
+    removed = keyspace.delete([b"a", b"a", b"b", b"missing"])
+    results: list[object] = []
+    assert isinstance(removed, Deferred)
+    removed.addCallback(results.append)
+    clock.advance(0)
+    assert results == [1]
+    assert keyspace.key_count() == 0
+
+
+def test_scan_resumes_and_bounds_work(keyspace: LocalKeyspace) -> None:
+    """scan() examines at most COUNT keys per call and resumes after the last one seen."""
+    for i in range(25):
+        keyspace.set(b"key:%02d" % i, b"v")
+    seen: list[bytes] = []
+    after = None
+    calls = 0
+    while True:
+        keys, after = keyspace.scan(after, 10)
+        calls += 1
+        assert len(keys) <= 10
+        seen.extend(keys)
+        if after is None:
+            break
+    assert seen == sorted(b"key:%02d" % i for i in range(25))
+    assert calls == 3
+
+
+def test_load_restores_count_expiry_and_hlc(
+    store: MemoryStore, committer: GroupCommitter, clock: Clock
+) -> None:
+    """A keyspace reopened over the same store knows its key count, expiries and newest HLC."""
+    now = lambda: int(clock.seconds() * 1000)  # noqa: E731
+    first = LocalKeyspace(store, committer, "n1", HybridLogicalClock(), now)
+    first.load()
+    first.set(b"a", b"1")
+    first.set(b"b", b"2", now() + 1000)
+    newest = first.get(b"a")
+    assert newest is not None
+    clock.advance(0)
+    # Reopen with a wall clock that stepped back an hour.
+    reopened = LocalKeyspace(
+        store, committer, "n1", HybridLogicalClock(), lambda: now() - 3_600_000
+    )
+    reopened.load()
+    assert reopened.key_count() == 2
+    reopened.set(b"c", b"3")
+    written = reopened.get(b"c")
+    assert written is not None and written.hlc > newest.hlc
+    assert reopened.keys_with_expiry() == 1

@@ -1,0 +1,213 @@
+"""Tests for twistkv.node.protocol: the client connection on a StringTransport."""
+
+from __future__ import annotations
+
+import hiredis
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from twistkv.node.commands import NodeContext
+from twistkv.node.protocol import RespFactory, RespProtocol
+
+
+def connect(context: NodeContext) -> tuple[RespProtocol, StringTransport]:
+    protocol = RespFactory(context).buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def replies(transport: StringTransport) -> list[object]:
+    """Parse (and consume) everything written so far as RESP replies."""
+    reader = hiredis.Reader()  # parses RESP3 types too
+    reader.feed(transport.value())
+    transport.clear()
+    out = []
+    while (item := reader.gets()) is not False:
+        out.append(item)
+    return out
+
+
+def test_inline_commands_like_telnet(context: NodeContext, clock: Clock) -> None:
+    """Typed inline commands work: SET answers +OK once durable, GET answers the value."""
+    protocol, transport = connect(context)
+    protocol.dataReceived(b"SET greeting hello\r\n")
+    assert transport.value() == b""  # waiting for the group commit
+    clock.advance(0)
+    assert transport.value() == b"+OK\r\n"
+    transport.clear()
+    protocol.dataReceived(b'GET greeting\r\nSET "two words" "a b"\r\n')
+    clock.advance(0)
+    assert transport.value() == b"$5\r\nhello\r\n+OK\r\n"
+
+
+def test_pipelined_writes_share_one_sync_and_reply_in_order(
+    context: NodeContext, clock: Clock, store: object
+) -> None:
+    """Sixteen pipelined SETs and interleaved GETs run at once and are answered in order after one sync."""
+    protocol, transport = connect(context)
+    frames = []
+    for i in range(16):
+        frames.append(b"*3\r\n$3\r\nSET\r\n$2\r\nk%d\r\n$2\r\nv%d\r\n" % (i % 10, i % 10))
+        frames.append(b"*2\r\n$3\r\nGET\r\n$2\r\nk%d\r\n" % (i % 10))
+    protocol.dataReceived(b"".join(frames))
+    assert transport.value() == b""
+    syncs_before = store.syncs  # type: ignore[attr-defined]
+    clock.advance(0)
+    assert store.syncs == syncs_before + 1  # type: ignore[attr-defined]
+    got = replies(transport)
+    assert got == [x for i in range(16) for x in (b"OK", b"v%d" % (i % 10))]
+
+
+def test_unknown_command_and_wrong_arity_keep_connection(context: NodeContext) -> None:
+    """Unknown commands and wrong arity answer Redis-style errors; the next command works."""
+    protocol, transport = connect(context)
+    protocol.dataReceived(b"FROB a b\r\nGET\r\nPING\r\n")
+    got = replies(transport)
+    assert isinstance(got[0], hiredis.ReplyError)
+    assert str(got[0]).startswith("ERR unknown command 'FROB', with args beginning with: 'a' 'b'")
+    assert str(got[1]) == "ERR wrong number of arguments for 'get' command"
+    assert got[2] == b"PONG"
+    assert not transport.disconnecting
+
+
+def test_protocol_error_closes_connection(context: NodeContext) -> None:
+    """An unparseable frame is answered with -ERR Protocol error and the connection closes."""
+    protocol, transport = connect(context)
+    protocol.dataReceived(b"PING\r\n*1\r\n$x\r\n")
+    value = transport.value()
+    assert value.startswith(b"+PONG\r\n-ERR Protocol error")
+    assert transport.disconnecting
+    assert context.stats.protocol_errors == 1
+
+
+def test_quit_replies_then_closes(context: NodeContext) -> None:
+    """QUIT answers +OK and then closes; commands after it in the same packet are not run."""
+    protocol, transport = connect(context)
+    protocol.dataReceived(b"QUIT\r\nSET after quit\r\n")
+    assert transport.value() == b"+OK\r\n"
+    assert transport.disconnecting
+    assert context.keyspace.get(b"after") is None
+
+
+def test_max_clients(context: NodeContext) -> None:
+    """The connection beyond --max-clients gets a clear error and is closed; others are unaffected."""
+    connections = [connect(context) for _ in range(3)]
+    protocol, transport = connect(context)
+    assert transport.value() == b"-ERR max number of clients reached\r\n"
+    assert transport.disconnecting
+    assert context.stats.rejected_connections == 1
+    first, first_transport = connections[0]
+    first.dataReceived(b"PING\r\n")
+    assert first_transport.value() == b"+PONG\r\n"
+
+
+def test_hello_3_switches_to_resp3(context: NodeContext) -> None:
+    """After HELLO 3 a missing key is the RESP3 null and HELLO's answer is a map."""
+    protocol, transport = connect(context)
+    protocol.dataReceived(b"HELLO 3\r\nGET missing\r\n")
+    raw = transport.value()
+    assert raw.startswith(b"%")
+    assert raw.endswith(b"_\r\n")
+    got = replies(transport)
+    assert got[0][b"proto"] == 3
+
+
+def test_hello_other_version_is_noproto(context: NodeContext) -> None:
+    """HELLO with an unsupported version answers -NOPROTO and keeps RESP2."""
+    protocol, transport = connect(context)
+    protocol.dataReceived(b"HELLO 4\r\nGET missing\r\n")
+    assert transport.value() == b"-NOPROTO unsupported protocol version\r\n$-1\r\n"
+
+
+def test_transactions_refused_clearly(context: NodeContext) -> None:
+    """MULTI answers an error that points redis-py users at pipeline(transaction=False)."""
+    protocol, transport = connect(context)
+    protocol.dataReceived(b"MULTI\r\n")
+    assert b"pipeline(transaction=False)" in transport.value()
+
+
+def test_oversize_value_refused_connection_usable(context: NodeContext, clock: Clock) -> None:
+    """A value over --max-value-bytes is refused with -ERR and nothing is stored."""
+    protocol, transport = connect(context)
+    big = b"x" * 2000
+    protocol.dataReceived(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2000\r\n" + big + b"\r\nPING\r\n")
+    got = replies(transport)
+    assert "exceeds this node's limit of 1024 bytes" in str(got[0])
+    assert got[1] == b"PONG"
+    assert context.keyspace.get(b"k") is None
+
+
+def test_help_lists_commands_in_plain_words(context: NodeContext) -> None:
+    """HELP answers readable text naming the commands with a summary each."""
+    protocol, transport = connect(context)
+    protocol.dataReceived(b"HELP\r\n")
+    (text,) = replies(transport)
+    assert isinstance(text, bytes)
+    for line in (b"GET key", b"SET key value", b"SCAN cursor", b"EXPIRE key seconds"):
+        assert line in text
+    assert b"Read a key's value" in text
+
+
+def test_connection_lost_unregisters_client(context: NodeContext) -> None:
+    """A closed connection no longer counts toward connected clients."""
+    protocol, _ = connect(context)
+    assert len(context.clients) == 1
+    protocol.connectionLost()
+    assert context.clients == {}
+
+
+class SlowReads:
+    """A keyspace whose reads answer later, like the cluster's quorum reads."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+        self.pending: list[tuple[Deferred[object], object]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def get(self, key: bytes) -> Deferred[object]:
+        d: Deferred[object] = Deferred()
+        self.pending.append((d, self._inner.get(key)))  # type: ignore[attr-defined]
+        return d
+
+    def answer_all(self) -> None:
+        pending, self.pending = self.pending, []
+        for d, value in reversed(pending):  # answer out of order
+            d.callback(value)
+
+
+def test_async_reads_reply_in_order_and_map_errors(context: NodeContext, clock: Clock) -> None:
+    """With reads that complete later and out of order, replies keep request order and
+    a user error raised after the read (INCR on text) still reaches the client as -ERR."""
+    slow = SlowReads(context.keyspace)
+    context.keyspace.set(b"text", b"abc")
+    context.keyspace.set(b"n", b"41")
+    clock.advance(0)
+    context.keyspace = slow  # type: ignore[assignment]
+    protocol, transport = connect(context)
+    protocol.dataReceived(b"GET n\r\nINCR text\r\nINCR n\r\nPING\r\n")
+    assert transport.value() == b""
+    slow.answer_all()
+    clock.advance(0)
+    got = replies(transport)
+    assert got[0] == b"41"
+    assert str(got[1]) == "ERR value is not an integer or out of range"
+    assert got[2] == 42
+    assert got[3] == b"PONG"
+
+
+def test_refused_multi_runs_none_of_the_queued_commands(context: NodeContext, clock: Clock) -> None:
+    """After a refused MULTI, queued commands are refused (not run) and EXEC answers EXECABORT."""
+    protocol, transport = connect(context)
+    protocol.dataReceived(b"MULTI\r\nSET a 1\r\nINCR c\r\nEXEC\r\nGET a\r\n")
+    clock.advance(0)
+    got = replies(transport)
+    assert "not offered" in str(got[0])
+    assert str(got[1]).startswith("ERR SET was not run")
+    assert str(got[2]).startswith("ERR INCR was not run")
+    assert str(got[3]).startswith("EXECABORT")
+    assert got[4] is None
+    assert context.keyspace.get(b"c") is None

@@ -1,0 +1,261 @@
+"""The client port: RESP2/RESP3 and telnet inline commands over TCP.
+
+Thin by design: bytes go to L{twistkv.core.resp.RequestParser}, each parsed
+command is looked up in L{twistkv.node.commands.COMMANDS_BY_NAME} and run,
+and the replies go back through the RESP encoder, all replies of one
+C{dataReceived} in one C{transport.write}.
+
+Pipelining and durability: commands run in arrival order as soon as they
+are parsed, even while an earlier write still waits for its group commit;
+only the *replies* wait, in order. That is what lets sixteen pipelined SETs
+share one WAL fsync instead of paying sixteen (Redis behaves the same way
+with C{appendfsync always}: it executes, then replies after the fsync).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twistkv.core.resp import Error, RequestParser, RespProtocolError, encode
+from twistkv.node.commands import (
+    COMMANDS_BY_NAME,
+    OK,
+    ClientSession,
+    CommandError,
+    NodeContext,
+    QuitConnection,
+    arity_error,
+    refused_in_multi,
+    unknown_command_error,
+)
+from twistkv.storage.errors import StorageError
+
+if TYPE_CHECKING:
+    from twistkv.node.metrics import CommandStat
+
+__all__ = ["RespProtocol", "RespFactory"]
+
+_log = Logger()
+
+#: Pause reading from a client whose replies are this far behind (a client
+#: that pipelines without reading); resume once it has caught up.
+_PAUSE_AT = 10_000
+_RESUME_AT = 1_000
+
+
+class _Slot:
+    """A reply position held for a command whose answer is not ready yet."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+
+
+class RespProtocol(Protocol):
+    """One client connection."""
+
+    def __init__(self, context: NodeContext) -> None:
+        self._context = context
+        self._stats = context.stats
+        config = context.config
+        # Values up to twice the limit are parsed and refused with a clean
+        # -ERR (the connection stays usable); beyond that the frame is a
+        # protocol error and the connection closes, like Redis's
+        # proto-max-bulk-len.
+        self._parser = RequestParser(max_bulk_len=max(2 * config.max_value_bytes, 1 << 20))
+        self._waiting: deque[_Slot | bytes] = deque()
+        self._closing = False
+        self._paused = False
+        self.session: ClientSession | None = None
+
+    # -- connection lifecycle ---------------------------------------------
+
+    def connectionMade(self) -> None:
+        context = self._context
+        stats = self._stats
+        stats.connections_total += 1
+        if len(context.clients) >= context.config.max_clients:
+            stats.rejected_connections += 1
+            self.transport.write(b"-ERR max number of clients reached\r\n")
+            self.transport.loseConnection()
+            self._closing = True
+            return
+        client_id = context.next_client_id
+        context.next_client_id += 1
+        self.session = ClientSession(context, client_id, _describe(self.transport.getPeer()))
+        context.clients[client_id] = self.session
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.session is not None:
+            self._context.clients.pop(self.session.client_id, None)
+        self._waiting.clear()
+
+    # -- input --------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        parser = self._parser
+        out: list[bytes] = []
+        try:
+            parser.feed(data)
+            while not self._closing:
+                args = parser.next_command()
+                if args is None:
+                    break
+                self._execute(args, out)
+        except RespProtocolError as exc:
+            self._stats.protocol_errors += 1
+            _log.info("closing client {peer}: {error}", peer=self._peer(), error=str(exc))
+            self._emit(encode(Error(f"ERR {exc}"), 2), out)
+            self._close_after_replies()
+        if out:
+            self.transport.write(b"".join(out))
+        if self._closing and not self._waiting:
+            self.transport.loseConnection()
+
+    def _execute(self, args: list[bytes], out: list[bytes]) -> None:
+        session = self.session
+        assert session is not None
+        cmd = COMMANDS_BY_NAME.get(args[0].upper())
+        if cmd is None:
+            self._emit(encode(unknown_command_error(args), session.protocol), out)
+            return
+        arity = cmd.arity
+        if (arity > 0 and len(args) != arity) or (arity < 0 and len(args) < -arity):
+            self._emit(encode(arity_error(cmd), session.protocol), out)
+            return
+        if session.in_refused_multi and cmd.name not in ("EXEC", "DISCARD", "MULTI", "QUIT"):
+            self._emit(encode(refused_in_multi(cmd), session.protocol), out)
+            return
+        stat = self._stats.command(cmd.name)
+        session.last_command = args[0]
+        started = perf_counter()
+        try:
+            reply = cmd.handler(session, args)
+        except QuitConnection:
+            self._emit(encode(OK, session.protocol), out)
+            self._close_after_replies()
+            return
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a reply, never a dropped connection
+            stat.errors += 1
+            reply = error_reply(Failure(exc), cmd.name)
+        if isinstance(reply, Deferred):
+            slot = _Slot()
+            self._waiting.append(slot)
+            reply.addCallbacks(
+                self._deferred_reply, self._deferred_failure,
+                callbackArgs=(slot, stat, started), errbackArgs=(slot, stat, started),
+            )
+            if len(self._waiting) >= _PAUSE_AT and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+            return
+        stat.observe(perf_counter() - started)
+        self._emit(encode(reply, session.protocol), out)
+
+    # -- output -------------------------------------------------------------
+
+    def _emit(self, data: bytes, out: list[bytes]) -> None:
+        """Send C{data} now, or queue it behind replies still being awaited."""
+        if self._waiting:
+            self._waiting.append(data)
+        else:
+            out.append(data)
+
+    def _deferred_reply(self, reply: Any, slot: _Slot, stat: CommandStat, started: float) -> None:
+        stat.observe(perf_counter() - started)
+        protocol = self.session.protocol if self.session is not None else 2
+        slot.data = encode(reply, protocol)
+        self._drain()
+
+    def _deferred_failure(
+        self, failure: Failure, slot: _Slot, stat: CommandStat, started: float
+    ) -> None:
+        stat.observe(perf_counter() - started)
+        stat.errors += 1
+        protocol = self.session.protocol if self.session is not None else 2
+        slot.data = encode(error_reply(failure, "", waited=True), protocol)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Write every reply at the head of the queue that is ready."""
+        waiting = self._waiting
+        ready: list[bytes] = []
+        while waiting:
+            head = waiting[0]
+            if type(head) is bytes:
+                ready.append(head)
+            elif head.data is not None:  # type: ignore[union-attr]
+                ready.append(head.data)  # type: ignore[union-attr]
+            else:
+                break
+            waiting.popleft()
+        if ready and self.transport is not None:
+            self.transport.write(b"".join(ready))
+        if self._paused and len(waiting) <= _RESUME_AT:
+            self._paused = False
+            self.transport.resumeProducing()
+        if self._closing and not waiting:
+            self.transport.loseConnection()
+
+    def _close_after_replies(self) -> None:
+        """Stop reading; the connection closes once queued replies are written."""
+        self._closing = True
+
+    def _peer(self) -> str:
+        return self.session.peer if self.session is not None else "?"
+
+
+def error_reply(failure: Failure, command: str, waited: bool = False) -> Error:
+    """Map a handler's failure to the RESP error the client sees.
+
+    User errors carry their own Redis-style text; a storage failure says
+    whether the write may have been applied; anything else is our bug and
+    is logged with its traceback, the client getting a one-line summary.
+    """
+    error = failure.value
+    if isinstance(error, CommandError):
+        return Error(str(error))
+    if isinstance(error, StorageError):
+        _log.error("storage failure in {command}: {error}", command=command, error=str(error))
+        if waited:
+            return Error(
+                "ERR storage failure on this node: the write was applied but may not be "
+                f"durable: {error}"
+            )
+        return Error(f"ERR storage failure on this node, nothing was written: {error}")
+    wire_text = getattr(error, "resp_error", None)
+    if isinstance(wire_text, str):
+        return Error(wire_text)
+    _log.failure("unexpected error in command {command}", failure, command=command)
+    return Error(f"ERR internal error: {failure.getErrorMessage()}")
+
+
+def _describe(address: IAddress) -> str:
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    return f"{host}:{port}" if host is not None else str(address)
+
+
+class RespFactory(Factory):
+    """Builds a L{RespProtocol} per client connection of one node."""
+
+    noisy = False
+
+    def __init__(self, context: NodeContext) -> None:
+        self.context = context
+
+    def buildProtocol(self, addr: IAddress) -> RespProtocol:
+        protocol = RespProtocol(self.context)
+        protocol.factory = self
+        return protocol

@@ -1,0 +1,173 @@
+"""The node: a C{MultiService} wiring storage, keyspace, ports and timers.
+
+Nothing here decides anything about data; it opens the store, builds the
+keyspace and the protocol factories, listens on the configured endpoints
+and runs the periodic chores (active expiry, ops/s sampling). The reactor
+is injected so tests can run a node on a L{MemoryReactorClock}.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
+from twisted.logger import FileLogObserver, Logger, globalLogPublisher, jsonFileLogObserver
+from twisted.python.logfile import LogFile
+
+from twistkv.config import NodeConfig
+from twistkv.core.versioning import HybridLogicalClock
+from twistkv.node.commands import NodeContext
+from twistkv.node.durability import GroupCommitter
+from twistkv.node.keyspace import LocalKeyspace
+from twistkv.node.metrics import NodeStats, new_registry
+from twistkv.node.protocol import RespFactory
+from twistkv.storage.errors import StorageError
+from twistkv.storage.interface import FsyncPolicy, OrderedStore
+
+__all__ = ["KVNodeService", "open_store"]
+
+_log = Logger()
+
+
+def open_store(config: NodeConfig) -> OrderedStore:
+    """Open the store the config names (RocksDB under data_dir/db, or memory)."""
+    if config.storage == "memory":
+        from twistkv.storage.memory import MemoryStore
+
+        return MemoryStore()
+    from twistkv.storage.rocks import RocksStore
+
+    return RocksStore(str(Path(config.data_dir) / "db"))
+
+
+class KVNodeService(MultiService):
+    """One twistkv node."""
+
+    def __init__(self, config: NodeConfig, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self._reactor = reactor
+        self.config = config
+        self.stats = NodeStats()
+        self.registry = new_registry(self.stats, config.node_id)
+        self.store: OrderedStore | None = None
+        self.committer: GroupCommitter | None = None
+        self.context: NodeContext | None = None
+        self._chores: list[LoopingCall] = []
+        self._log_observer: FileLogObserver | None = None
+        self._log_file: LogFile | None = None
+
+    def now_ms(self) -> int:
+        """Wall-clock milliseconds from the injected reactor."""
+        return int(self._reactor.seconds() * 1000)
+
+    def startService(self) -> None:
+        config = self.config
+        self._start_json_log()
+        try:
+            self.store = open_store(config)
+        except StorageError as exc:
+            _log.critical("cannot open storage: {error}", error=str(exc))
+            raise SystemExit(f"twistkv: cannot open storage: {exc}") from None
+        self.committer = GroupCommitter(self.store, FsyncPolicy.parse(config.fsync), self._reactor)
+        self.committer.start()
+        keyspace = LocalKeyspace(
+            self.store, self.committer, config.node_id, HybridLogicalClock(), self.now_ms
+        )
+        keyspace.load()
+        self.context = NodeContext(
+            keyspace=keyspace, config=config, stats=self.stats, started_at=self._reactor.seconds()
+        )
+        self._wire_stats()
+        self._listen(config.listen, RespFactory(self.context))
+        if config.http is not None:
+            from twistkv.web.app import NodeWebApp
+
+            self._listen(config.http, NodeWebApp(self).site(reactor=self._reactor))
+        self._every(config.expiry_interval, keyspace.expire_due)
+        self._every(1.0, lambda: self.stats.sample(self._reactor.seconds()))
+        super().startService()
+        _log.info(
+            "twistkv node {node_id} started: clients on {listen}, http on {http}, "
+            "storage {storage} (fsync {fsync}) in {data_dir}, {keys} keys",
+            node_id=config.node_id, listen=config.listen, http=config.http or "off",
+            storage=config.storage, fsync=config.fsync, data_dir=str(config.data_dir),
+            keys=keyspace.key_count(),
+        )
+
+    def _listen(self, description: str, factory: Any) -> None:
+        endpoint = serverFromString(self._reactor, description)
+        service = StreamServerEndpointService(endpoint, factory)
+        service._raiseSynchronously = True
+        service.setServiceParent(self)
+
+    def _every(self, interval: float, chore: Any) -> None:
+        loop = LoopingCall(chore)
+        loop.clock = self._reactor
+        self._chores.append(loop)
+        loop.start(interval, now=False).addErrback(
+            lambda f: _log.failure("periodic chore failed", f)
+        )
+
+    def _wire_stats(self) -> None:
+        assert self.context is not None and self.store is not None and self.committer is not None
+        store, committer, context = self.store, self.committer, self.context
+        self.stats.committer_stats = lambda: {
+            "groups": committer.stats.syncs,
+            "ops": committer.stats.ops,
+            "sync_seconds": committer.stats.sync_seconds_total,
+        }
+        self.stats.storage_bytes = store.approximate_size_bytes
+        self.stats.storage_healthy = lambda: committer.healthy
+        self.stats.connected_clients = lambda: len(context.clients)
+        self.stats.key_count = context.keyspace.key_count
+
+    def _start_json_log(self) -> None:
+        log_dir = self.config.log_dir
+        if log_dir is None:
+            return
+        try:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            self._log_file = LogFile(
+                "node.jsonl", str(log_dir), rotateLength=16 * 1024 * 1024, maxRotatedFiles=5
+            )
+        except OSError as exc:
+            print(f"twistkv: cannot write logs to {log_dir}: {exc}", file=sys.stderr)
+            return
+        self._log_observer = jsonFileLogObserver(self._log_file)
+        globalLogPublisher.addObserver(self._log_observer)
+
+    def stopService(self) -> Any:
+        for loop in self._chores:
+            if loop.running:
+                loop.stop()
+        self._chores.clear()
+        d = super().stopService()
+
+        def stop_committer(result: Any) -> Any:
+            if self.committer is None:
+                return result
+            stopped = self.committer.stop()
+            stopped.addErrback(lambda f: _log.failure("final sync failed at shutdown", f))
+            return stopped.addCallback(lambda _: result)
+
+        def close_storage(result: Any) -> Any:
+            if self.store is not None:
+                self.store.close()
+            _log.info("twistkv node {node_id} stopped", node_id=self.config.node_id)
+            if self._log_observer is not None:
+                globalLogPublisher.removeObserver(self._log_observer)
+                self._log_observer = None
+            if self._log_file is not None:
+                self._log_file.close()
+            return result
+
+        return d.addBoth(stop_committer).addBoth(close_storage)
