@@ -1,0 +1,1 @@
+"""Integration tests: real twistd kvnode processes (see conftest.py)."""
