@@ -1,0 +1,57 @@
+# twistkv developer workflow. Every target sets up what it needs itself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NODE   ?= node1
+PORT   ?= 7379
+HTTP   ?= 8379
+PEER   ?= 7380
+
+.PHONY: help build run test test-fast client clean lint bench system-deps
+
+help:
+	@echo "make run    - set up and start a local twistkv node with its dashboard"
+	@echo "make test   - set up and run the whole test suite"
+	@echo "make build  - build the wheel into dist/"
+	@echo "make client - open redis-cli on the local node"
+	@echo "make bench  - compare twistkv with redis-server under redis-benchmark"
+	@echo "make lint   - ruff"
+	@echo "make clean  - remove build artefacts, data/ and logs/"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+build: $(STAMP)
+	$(BIN)/pip wheel -q --no-deps -w dist .
+	@ls dist/*.whl
+
+run: $(STAMP)
+	@echo "twistkv node $(NODE): redis-cli -p $(PORT) | telnet localhost $(PORT) | http://127.0.0.1:$(HTTP)/"
+	$(BIN)/twistd -n --pidfile= kvnode --node-id $(NODE) --listen tcp:$(PORT) --http tcp:$(HTTP) --peer-listen tcp:$(PEER)
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
+
+client: system-deps
+	redis-cli -p $(PORT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP) system-deps
+	$(BIN)/python bench/redis_compare.py $(BENCH_ARGS)
+
+clean:
+	rm -rf dist build *.egg-info data logs .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -f twisted/plugins/dropin.cache
