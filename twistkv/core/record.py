@@ -22,7 +22,8 @@ misreading it.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import NamedTuple
 
 __all__ = [
     "CorruptRecordError",
@@ -35,7 +36,10 @@ __all__ = [
 
 FORMAT = 1
 _HEAD = struct.Struct(">BH")
-_VERSION_HEAD = struct.Struct(">BQQ")
+#: flags, hlc, expires_at_ms (the writer's node id follows as str8)
+_VERSION_FIXED = struct.Struct(">BQQ")
+#: the same, read together with the node id's length byte
+_VERSION_HEAD = struct.Struct(">BQQB")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -49,13 +53,14 @@ class CorruptRecordError(ValueError):
 ClockPairs = tuple[tuple[str, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Version:
+class Version(NamedTuple):
     """One version of a key's value.
 
     ``expires_at_ms`` is absolute (ms since the Unix epoch; 0 = never) so that
     every replica expires the key at the same moment, and so that expiry
-    survives restarts without rewriting anything.
+    survives restarts without rewriting anything. A NamedTuple rather than a
+    frozen dataclass: one is built per read on the hot path, and a tuple is
+    about four times cheaper to construct while staying immutable.
     """
 
     value: bytes
@@ -74,19 +79,19 @@ class Version:
         return not self.tombstone and not (self.expires_at_ms != 0 and self.expires_at_ms <= now_ms)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """All versions a replica holds for one key (siblings when concurrent)."""
 
-    versions: tuple[Version, ...] = field(default=())
+    versions: tuple[Version, ...] = ()
 
     def winner(self) -> Version | None:
         """The last-writer winner by (hlc, node): what a plain GET answers."""
-        if not self.versions:
+        versions = self.versions
+        if len(versions) == 1:
+            return versions[0]
+        if not versions:
             return None
-        if len(self.versions) == 1:
-            return self.versions[0]
-        return max(self.versions, key=lambda v: (v.hlc, v.node))
+        return max(versions, key=lambda v: (v.hlc, v.node))
 
 
 def live_value(record: Record | None, now_ms: int) -> Version | None:
@@ -99,7 +104,9 @@ def live_value(record: Record | None, now_ms: int) -> Version | None:
     return winner
 
 
+@lru_cache(maxsize=1024)
 def _str8(text: str) -> bytes:
+    """Length-prefixed UTF-8; cached because the same few node ids recur in every record."""
     raw = text.encode("utf-8")
     if len(raw) > 255:
         raise ValueError(f"node id too long for the record format: {text[:40]!r}...")
@@ -108,20 +115,18 @@ def _str8(text: str) -> bytes:
 
 def encode_record(record: Record) -> bytes:
     """Serialise a record; the inverse of L{decode_record}."""
-    parts = [_HEAD.pack(FORMAT, len(record.versions))]
-    for version in record.versions:
-        parts.append(
-            _VERSION_HEAD.pack(
-                _TOMBSTONE if version.tombstone else 0, version.hlc, version.expires_at_ms
-            )
-        )
-        parts.append(_str8(version.node))
-        parts.append(_U16.pack(len(version.clock)))
-        for node, counter in version.clock:
-            parts.append(_str8(node))
-            parts.append(_U64.pack(counter))
-        parts.append(_U32.pack(len(version.value)))
-        parts.append(version.value)
+    versions = record.versions
+    parts = [_HEAD.pack(FORMAT, len(versions))]
+    append = parts.append
+    for value, clock, hlc, node, expires_at_ms, tombstone in versions:
+        append(_VERSION_FIXED.pack(_TOMBSTONE if tombstone else 0, hlc, expires_at_ms))
+        append(_str8(node))
+        append(_U16.pack(len(clock)))
+        for clock_node, counter in clock:
+            append(_str8(clock_node))
+            append(_U64.pack(counter))
+        append(_U32.pack(len(value)))
+        append(value)
     return b"".join(parts)
 
 
@@ -131,31 +136,33 @@ def decode_record(data: bytes) -> Record:
         fmt, count = _HEAD.unpack_from(data, 0)
         if fmt != FORMAT:
             raise CorruptRecordError(f"unknown record format {fmt}")
-        offset = _HEAD.size
+        offset = 3
         versions = []
         for _ in range(count):
-            flags, hlc, expires = _VERSION_HEAD.unpack_from(data, offset)
+            flags, hlc, expires, node_len = _VERSION_HEAD.unpack_from(data, offset)
             if flags & ~_TOMBSTONE:
                 raise CorruptRecordError(f"unknown record flags {flags:#x}")
-            offset += _VERSION_HEAD.size
-            node, offset = _read_str8(data, offset)
-            (clock_len,) = _U16.unpack_from(data, offset)
-            offset += 2
+            offset += 18
+            end = offset + node_len
+            node = data[offset:end].decode("utf-8")
+            (clock_len,) = _U16.unpack_from(data, end)
+            offset = end + 2
             clock = []
             for _ in range(clock_len):
-                clock_node, offset = _read_str8(data, offset)
-                (counter,) = _U64.unpack_from(data, offset)
-                offset += 8
+                end = offset + 1 + data[offset]
+                clock_node = data[offset + 1 : end].decode("utf-8")
+                (counter,) = _U64.unpack_from(data, end)
+                offset = end + 8
                 clock.append((clock_node, counter))
             (value_len,) = _U32.unpack_from(data, offset)
             offset += 4
-            value = data[offset : offset + value_len]
-            if len(value) != value_len:
+            end = offset + value_len
+            if end > len(data):
                 raise CorruptRecordError("record value truncated")
-            offset += value_len
             versions.append(
-                Version(value, tuple(clock), hlc, node, expires, bool(flags & _TOMBSTONE))
+                Version(data[offset:end], tuple(clock), hlc, node, expires, flags == _TOMBSTONE)
             )
+            offset = end
         if offset != len(data):
             raise CorruptRecordError(f"{len(data) - offset} trailing bytes after record")
         return Record(tuple(versions))
@@ -163,11 +170,3 @@ def decode_record(data: bytes) -> Record:
         raise CorruptRecordError(f"record truncated: {exc}") from None
     except UnicodeDecodeError as exc:
         raise CorruptRecordError(f"record node id is not UTF-8: {exc}") from None
-
-
-def _read_str8(data: bytes, offset: int) -> tuple[str, int]:
-    length = data[offset]
-    end = offset + 1 + length
-    if end > len(data):
-        raise CorruptRecordError("record string truncated")
-    return data[offset + 1 : end].decode("utf-8"), end

@@ -107,7 +107,15 @@ class LocalKeyspace:
         raw = self._store.get(DATA_PREFIX + key)
         if raw is None:
             return None
-        return live_value(decode_record(raw), self.now_ms())
+        versions = decode_record(raw).versions
+        if len(versions) == 1:
+            version = versions[0]
+            if version.tombstone or (
+                version.expires_at_ms and version.expires_at_ms <= self.now_ms()
+            ):
+                return None
+            return version
+        return live_value(Record(versions), self.now_ms())
 
     def exists(self, key: bytes) -> bool:
         """Whether C{key} holds a live value."""
@@ -157,31 +165,39 @@ class LocalKeyspace:
         self, previous: Record | None, value: bytes, expires_at_ms: int, tombstone: bool = False
     ) -> Version:
         """A version that descends every version stored for the key."""
-        clock: dict[str, int] = {}
-        if previous is not None:
+        node_id = self._node_id
+        if previous is None:
+            clock: tuple[tuple[str, int], ...] = ((node_id, 1),)
+        elif len(previous.versions) == 1 and len(previous.versions[0].clock) == 1 and (
+            previous.versions[0].clock[0][0] == node_id
+        ):
+            # The common case on a single node: one version, written here.
+            clock = ((node_id, previous.versions[0].clock[0][1] + 1),)
+        else:
+            merged: dict[str, int] = {}
             for version in previous.versions:
                 for node, counter in version.clock:
-                    if counter > clock.get(node, 0):
-                        clock[node] = counter
-        clock[self._node_id] = clock.get(self._node_id, 0) + 1
+                    if counter > merged.get(node, 0):
+                        merged[node] = counter
+            merged[node_id] = merged.get(node_id, 0) + 1
+            clock = tuple(sorted(merged.items()))
         return Version(
-            value=value,
-            clock=tuple(sorted(clock.items())),
-            hlc=self._hlc.tick(self.now_ms()),
-            node=self._node_id,
-            expires_at_ms=expires_at_ms,
-            tombstone=tombstone,
+            value, clock, self._hlc.tick(self.now_ms()), node_id, expires_at_ms, tombstone
         )
 
     def _put_op(
         self, key: bytes, value: bytes, expires_at_ms: int, previous_raw: bytes | None
     ) -> tuple[bytes, bytes]:
-        previous = None if previous_raw is None else decode_record(previous_raw)
-        if expires_at_ms == KEEP_TTL:
-            current = live_value(previous, self.now_ms())
-            expires_at_ms = current.expires_at_ms if current is not None else 0
         if previous_raw is None:
+            previous = None
             self._key_count += 1
+            if expires_at_ms == KEEP_TTL:
+                expires_at_ms = 0
+        else:
+            previous = decode_record(previous_raw)
+            if expires_at_ms == KEEP_TTL:
+                current = live_value(previous, self.now_ms())
+                expires_at_ms = current.expires_at_ms if current is not None else 0
         if expires_at_ms:
             heapq.heappush(self._expiry_heap, (expires_at_ms, key))
         version = self._new_version(previous, value, expires_at_ms)
@@ -189,9 +205,8 @@ class LocalKeyspace:
 
     def set(self, key: bytes, value: bytes, expires_at_ms: int = 0) -> Wait:
         """Store C{value} under C{key}; C{expires_at_ms} 0 = no expiry, KEEP_TTL = keep."""
-        db_key = DATA_PREFIX + key
-        op = self._put_op(key, value, expires_at_ms, self._store.get(db_key))
-        return self._committer.commit([op])
+        op = self._put_op(key, value, expires_at_ms, self._store.get(DATA_PREFIX + key))
+        return self._committer.commit((op,))
 
     def set_many(self, pairs: Sequence[tuple[bytes, bytes]]) -> Wait:
         """Store several keys in one atomic batch (MSET), without expiry."""
