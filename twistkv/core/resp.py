@@ -16,18 +16,25 @@ a line whose terminator is not within the first ``max_inline_len + 1`` pending b
 "too big" (Redis accepts it if it arrived in a single read), and ``max_buffer`` is checked
 after each ``feed``.
 
-Speed: canonical multibulk input (what every client library sends) is parsed by
-``hiredis.Reader`` a window at a time; everything else, and anything the fast path cannot
-prove canonical, goes through the Python state machine that mirrors Redis. hiredis is unsafe
-on untrusted input as such: it preallocates aggregates (``*1000000000`` is an 8 GB list), has
-no nesting limit, accepts RESP3 types and non-``$`` elements, and does not expose how many
-bytes it consumed. So before hiredis sees a window, a regex rejects the forms that could
-allocate (aggregate headers of 100+ elements), that hiredis would misframe as a command of the
-same size (top-level ``~``/``>``/``|``) or that could make a frame larger than canonical
-(verbatim ``=``). After parsing, a command is accepted only if every element is ``bytes``, the
-reader is provably idle (a probe frame comes back alone) and the canonical size of all commands
-equals the bytes consumed. Every other element kind (``+``, ``(``) is strictly smaller than
-canonical, so the size equality proves that every element was a canonical ``$`` bulk.
+Speed: three lanes give the same results (the tests force each one against a naive
+transliteration of the C code):
+
+- *exact*: the Python state machine above, which everything can fall back to; canonical
+  headers take a table-lookup shortcut that is provably the same decision.
+- *split*: reads under ``_HIREDIS_MIN`` bytes (redis-benchmark -P 1): one ``bytes.split`` on
+  CRLF; a frame is taken only if its tokens are exactly ``*n``, then n pairs ``$len``/data of
+  that length, i.e. the bytes are the canonical encoding.
+- *hiredis*: bigger reads, a window at a time. hiredis is unsafe on untrusted input as such:
+  it preallocates aggregates (``*1000000000`` is an 8 GB list), has no nesting limit, accepts
+  RESP3 types and non-``$`` arguments, and does not say how many bytes it consumed. So before
+  hiredis sees a window, it is cut before any aggregate header of 100+ elements, any ``~``,
+  ``>``, ``|`` or ``%`` header (a top-level one would pass for a command of the same size) and
+  any verbatim ``=`` header (the one element kind longer than a canonical bulk). Afterwards,
+  commands are kept only if all are non-empty lists of bytes, the reader is provably idle (a
+  probe frame comes back alone) and, when the window holds a ``+`` or ``(`` (the element
+  kinds shorter than a canonical bulk), the canonical size of the commands equals the bytes
+  consumed. Together these prove that every frame was canonical: anything else goes to the
+  exact lane.
 
 Replies: handlers return plain Python values and :func:`encode_into` appends their wire form
 for the connection's protocol to a list, so that the adapter writes a whole batch at once.
@@ -344,6 +351,8 @@ class RequestParser:
         """Take bytes received from the client and parse every complete command in them."""
         if self._error is not None or not data:
             return
+        if type(data) is not bytes:
+            data = bytes(data)
         buf = self._buf
         if buf:
             buf += data
@@ -402,7 +411,7 @@ class RequestParser:
 
     @property
     def buffered(self) -> int:
-        """Bytes received but not yet returned as commands (for client-list style stats)."""
+        """Bytes received but not yet parsed into commands (CLIENT LIST's qbuf)."""
         return len(self._buf) + self._args_size
 
     # -- parsing ------------------------------------------------------------------------------
@@ -415,12 +424,12 @@ class RequestParser:
         """
         n = len(src)
         pos = 0
-        fast_from = 0 if self._fast_ok else n + 1
+        fast_from = 0
         while pos < n:
             # Below _HIREDIS_MIN bytes (one or two small commands per read, as with
             # redis-benchmark -P 1) the split lane beats hiredis plus its verification.
             if pos >= fast_from and not self._mb_left and src[pos] == 42:  # '*'
-                if n - pos >= _HIREDIS_MIN:
+                if n - pos >= _HIREDIS_MIN and self._fast_ok:
                     pos, fast_from = self._fast(src, pos, n)
                     continue
                 if self._split_ok and type(src) is bytes:
