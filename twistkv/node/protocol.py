@@ -108,11 +108,15 @@ class RespProtocol(Protocol):
         out: list[bytes] = []
         try:
             parser.feed(data)
+            execute = self._execute
             while not self._closing:
-                args = parser.next_command()
-                if args is None:
+                commands = parser.pop_commands()
+                if not commands:
                     break
-                self._execute(args, out)
+                for args in commands:
+                    execute(args, out)
+                    if self._closing:  # QUIT: later commands are not run
+                        break
         except RespProtocolError as exc:
             self._stats.protocol_errors += 1
             _log.info("closing client {peer}: {error}", peer=self._peer(), error=str(exc))
