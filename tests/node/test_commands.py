@@ -264,3 +264,14 @@ def test_every_command_has_usage_summary_and_valid_arity() -> None:
 def test_error_type_is_wire_error() -> None:
     """The wire Error type carries the full message (a guard for the protocol's mapping)."""
     assert "ERR x" in repr(Error("ERR x"))
+
+
+def test_consistency_level_per_connection(run: Any, session: ClientSession) -> None:
+    """CONSISTENCY shows DEFAULT, accepts ONE/QUORUM/ALL case-insensitively, refuses others."""
+    assert run("CONSISTENCY") == SimpleString("DEFAULT")
+    assert run("CONSISTENCY", "quorum") == SimpleString("OK")
+    assert run("CONSISTENCY") == SimpleString("QUORUM")
+    with pytest.raises(CommandError, match="unknown consistency level 'most'"):
+        run("CONSISTENCY", "most")
+    assert run("CONSISTENCY", "DEFAULT") == SimpleString("OK")
+    assert session.consistency is None

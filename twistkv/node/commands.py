@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from twistkv import __version__
 from twistkv.core.glob import compile_glob
+from twistkv.core.quorum import ConsistencyLevel
 from twistkv.core.record import Version
 from twistkv.core.resp import Error, SimpleString, Verbatim
 from twistkv.node.keyspace import KEEP_TTL, Wait
@@ -88,9 +89,17 @@ class ClientSession:
     last_command: bytes = b""
     #: Set by a refused MULTI until EXEC/DISCARD: commands in between are refused.
     in_refused_multi: bool = False
+    #: None = the cluster's default R/W; set by CONSISTENCY.
+    consistency: ConsistencyLevel | None = None
+    #: The keyspace as this connection sees it (bound to its consistency level).
+    keyspace: Any = None
+
+    def __post_init__(self) -> None:
+        if self.keyspace is None:
+            self.keyspace = self.context.keyspace
 
     def now_ms(self) -> int:
-        return self.context.keyspace.now_ms()
+        return self.keyspace.now_ms()  # type: ignore[no-any-return]
 
 
 Handler = Callable[[ClientSession, list[bytes]], Any]
@@ -289,6 +298,29 @@ def _client_line(session: ClientSession) -> str:
     )
 
 
+def cmd_consistency(session: ClientSession, args: list[bytes]) -> Any:
+    """Show or set this connection's consistency level (ONE, QUORUM, ALL)."""
+    if len(args) == 1:
+        level = session.consistency
+        return SimpleString("DEFAULT" if level is None else level.name)
+    if len(args) != 2:
+        raise CommandError("ERR wrong number of arguments for 'consistency' command")
+    word = args[1].decode(errors="replace")
+    if word.upper() == "DEFAULT":
+        session.consistency = None
+        session.keyspace = session.context.keyspace
+        return OK
+    try:
+        level = ConsistencyLevel.parse(word)
+    except ValueError:
+        raise CommandError(
+            f"ERR unknown consistency level '{word}': use ONE, QUORUM, ALL or DEFAULT"
+        ) from None
+    session.consistency = level
+    session.keyspace = session.context.keyspace.at(level)
+    return OK
+
+
 def cmd_help(session: ClientSession, args: list[bytes]) -> Any:
     return Verbatim(help_text())
 
@@ -362,7 +394,7 @@ def cmd_get(session: ClientSession, args: list[bytes]) -> Any:
         stats.keyspace_hits += 1
         return version.value
 
-    return _then(session.context.keyspace.get(args[1]), answer)
+    return _then(session.keyspace.get(args[1]), answer)
 
 
 def cmd_set(session: ClientSession, args: list[bytes]) -> Any:
@@ -393,7 +425,7 @@ def cmd_set(session: ClientSession, args: list[bytes]) -> Any:
         else:
             raise CommandError("ERR syntax error")
         i += 1
-    keyspace = session.context.keyspace
+    keyspace = session.keyspace
     if not (nx or xx or get):
         return _after(keyspace.set(key, value, expires_at), OK)
 
@@ -408,7 +440,7 @@ def cmd_set(session: ClientSession, args: list[bytes]) -> Any:
 
 def cmd_setnx(session: ClientSession, args: list[bytes]) -> Any:
     _check_value(session, args[2])
-    keyspace = session.context.keyspace
+    keyspace = session.keyspace
 
     def conditional(current: Version | None) -> Any:
         if current is not None:
@@ -421,7 +453,7 @@ def cmd_setnx(session: ClientSession, args: list[bytes]) -> Any:
 def _setex(session: ClientSession, args: list[bytes], unit: int, name: str) -> Any:
     _check_value(session, args[3])
     expires_at = _expiry_from(session, unit, _int(args[2]), False, name)
-    return _after(session.context.keyspace.set(args[1], args[3], expires_at), OK)
+    return _after(session.keyspace.set(args[1], args[3], expires_at), OK)
 
 
 def cmd_setex(session: ClientSession, args: list[bytes]) -> Any:
@@ -433,7 +465,7 @@ def cmd_psetex(session: ClientSession, args: list[bytes]) -> Any:
 
 
 def cmd_getdel(session: ClientSession, args: list[bytes]) -> Any:
-    keyspace = session.context.keyspace
+    keyspace = session.keyspace
 
     def delete(current: Version | None) -> Any:
         if current is None:
@@ -444,7 +476,7 @@ def cmd_getdel(session: ClientSession, args: list[bytes]) -> Any:
 
 
 def cmd_getex(session: ClientSession, args: list[bytes]) -> Any:
-    keyspace = session.context.keyspace
+    keyspace = session.keyspace
     if len(args) == 2:
         return _then(keyspace.get(args[1]), lambda v: None if v is None else v.value)
     opt = args[2].upper()
@@ -465,24 +497,24 @@ def cmd_getex(session: ClientSession, args: list[bytes]) -> Any:
 
 
 def cmd_del(session: ClientSession, args: list[bytes]) -> Any:
-    return session.context.keyspace.delete(args[1:])
+    return session.keyspace.delete(args[1:])
 
 
 def cmd_exists(session: ClientSession, args: list[bytes]) -> Any:
-    keyspace = session.context.keyspace
+    keyspace = session.keyspace
     found = _gather([keyspace.get(key) for key in args[1:]])
     return _then(found, lambda versions: sum(1 for v in versions if v is not None))
 
 
 def cmd_type(session: ClientSession, args: list[bytes]) -> Any:
     return _then(
-        session.context.keyspace.get(args[1]),
+        session.keyspace.get(args[1]),
         lambda v: SimpleString("none" if v is None else "string"),
     )
 
 
 def cmd_mget(session: ClientSession, args: list[bytes]) -> Any:
-    keyspace = session.context.keyspace
+    keyspace = session.keyspace
     found = _gather([keyspace.get(key) for key in args[1:]])
     return _then(found, lambda versions: [None if v is None else v.value for v in versions])
 
@@ -493,13 +525,13 @@ def cmd_mset(session: ClientSession, args: list[bytes]) -> Any:
     pairs = [(args[i], args[i + 1]) for i in range(1, len(args), 2)]
     for _, value in pairs:
         _check_value(session, value)
-    return _after(session.context.keyspace.set_many(pairs), OK)
+    return _after(session.keyspace.set_many(pairs), OK)
 
 
 def cmd_msetnx(session: ClientSession, args: list[bytes]) -> Any:
     if len(args) % 2 == 0:
         raise CommandError("ERR wrong number of arguments for 'msetnx' command")
-    keyspace = session.context.keyspace
+    keyspace = session.keyspace
     pairs = [(args[i], args[i + 1]) for i in range(1, len(args), 2)]
     for _, value in pairs:
         _check_value(session, value)
@@ -513,7 +545,7 @@ def cmd_msetnx(session: ClientSession, args: list[bytes]) -> Any:
 
 
 def cmd_append(session: ClientSession, args: list[bytes]) -> Any:
-    keyspace = session.context.keyspace
+    keyspace = session.keyspace
 
     def append(current: Version | None) -> Any:
         value = args[2] if current is None else current.value + args[2]
@@ -526,7 +558,7 @@ def cmd_append(session: ClientSession, args: list[bytes]) -> Any:
 
 def cmd_strlen(session: ClientSession, args: list[bytes]) -> Any:
     return _then(
-        session.context.keyspace.get(args[1]), lambda v: 0 if v is None else len(v.value)
+        session.keyspace.get(args[1]), lambda v: 0 if v is None else len(v.value)
     )
 
 
@@ -542,11 +574,11 @@ def cmd_getrange(session: ClientSession, args: list[bytes]) -> Any:
             return b""
         return value[lo : hi + 1]
 
-    return _then(session.context.keyspace.get(args[1]), cut)
+    return _then(session.keyspace.get(args[1]), cut)
 
 
 def _incr_by(session: ClientSession, key: bytes, delta: int) -> Any:
-    keyspace = session.context.keyspace
+    keyspace = session.keyspace
 
     def increment(current: Version | None) -> Any:
         base = 0 if current is None else _int_value(current.value)
@@ -586,7 +618,7 @@ def cmd_decrby(session: ClientSession, args: list[bytes]) -> Any:
 
 
 def cmd_incrbyfloat(session: ClientSession, args: list[bytes]) -> Any:
-    keyspace = session.context.keyspace
+    keyspace = session.keyspace
     try:
         delta = float(args[2])
     except ValueError:
@@ -618,7 +650,7 @@ def _format_float(value: float) -> str:
 
 
 def _expire(session: ClientSession, args: list[bytes], unit: int, absolute: bool) -> Any:
-    keyspace = session.context.keyspace
+    keyspace = session.keyspace
     amount = _int(args[2])
     flags = {a.upper() for a in args[3:]}
     if not flags <= {b"NX", b"XX", b"GT", b"LT"} or (b"NX" in flags and len(flags) > 1) or (
@@ -674,7 +706,7 @@ def _ttl(session: ClientSession, key: bytes, unit: int) -> Any:
         left = current.expires_at_ms - session.now_ms()
         return (left + unit - 1) // unit if unit > 1 else left
 
-    return _then(session.context.keyspace.get(key), remaining)
+    return _then(session.keyspace.get(key), remaining)
 
 
 def cmd_ttl(session: ClientSession, args: list[bytes]) -> Any:
@@ -691,11 +723,11 @@ def cmd_expiretime(session: ClientSession, args: list[bytes]) -> Any:
             return -2
         return current.expires_at_ms // 1000 if current.expires_at_ms else -1
 
-    return _then(session.context.keyspace.get(args[1]), when)
+    return _then(session.keyspace.get(args[1]), when)
 
 
 def cmd_persist(session: ClientSession, args: list[bytes]) -> Any:
-    keyspace = session.context.keyspace
+    keyspace = session.keyspace
 
     def persist(current: Version | None) -> Any:
         if current is None or not current.expires_at_ms:
@@ -710,7 +742,7 @@ def cmd_persist(session: ClientSession, args: list[bytes]) -> Any:
 
 def cmd_keys(session: ClientSession, args: list[bytes]) -> Any:
     match = compile_glob(args[1])
-    return list(session.context.keyspace.iter_keys(match))
+    return list(session.keyspace.iter_keys(match))
 
 
 def encode_cursor(key: bytes | None) -> bytes:
@@ -764,12 +796,12 @@ def cmd_scan(session: ClientSession, args: list[bytes]) -> Any:
         else:
             raise CommandError("ERR syntax error")
         i += 2
-    keys, last = session.context.keyspace.scan(after, count, match)
+    keys, last = session.keyspace.scan(after, count, match)
     return [encode_cursor(last), keys]
 
 
 def cmd_dbsize(session: ClientSession, args: list[bytes]) -> Any:
-    return session.context.keyspace.key_count()
+    return session.keyspace.key_count()
 
 
 def cmd_flushdb(session: ClientSession, args: list[bytes]) -> Any:
@@ -780,7 +812,7 @@ def cmd_flushdb(session: ClientSession, args: list[bytes]) -> Any:
         )
     if len(args) > 2 or (len(args) == 2 and args[1].upper() not in (b"SYNC", b"ASYNC")):
         raise CommandError("ERR syntax error")
-    return _after(session.context.keyspace.flush(), OK)
+    return _after(session.keyspace.flush(), OK)
 
 
 def cmd_time(session: ClientSession, args: list[bytes]) -> Any:
@@ -974,6 +1006,7 @@ COMMANDS: dict[str, Command] = _table([
     ("HELP", -1, "fast", cmd_help, "connection", "", "List the commands (this text)."),
     ("HELLO", -1, "fast", cmd_hello, "connection", "[2|3] [SETNAME name]", "Choose protocol RESP2 or RESP3; describes the server."),
     ("SELECT", 2, "fast", cmd_select, "connection", "0", "Select database 0 (the only one)."),
+    ("CONSISTENCY", -1, "fast", cmd_consistency, "connection", "[ONE|QUORUM|ALL|DEFAULT]", "Show or set how many replicas this connection's reads and writes wait for."),
     ("CLIENT", -2, "", cmd_client, "connection", "SETNAME|GETNAME|ID|SETINFO|INFO|LIST", "Inspect or name this connection."),
     ("GET", 2, "readonly fast", cmd_get, "string", "key", "Read a key's value (nil if missing).", ONE_KEY),
     ("SET", -3, "write", cmd_set, "string", "key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t|KEEPTTL]", "Write a key, optionally with expiry or conditions.", ONE_KEY),

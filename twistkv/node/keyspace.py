@@ -95,6 +95,10 @@ class LocalKeyspace:
         if newest_hlc > self._hlc.last:
             self._hlc = HybridLogicalClock(last=newest_hlc)
 
+    def at(self, consistency: object) -> LocalKeyspace:
+        """This keyspace at a consistency level: one replica, so every level is the same."""
+        return self
+
     # -- reads ------------------------------------------------------------
 
     def record(self, key: bytes) -> Record | None:
