@@ -1,0 +1,437 @@
+"""The cluster end to end, in one process: several ClusterRuntimes on a SimulatedNetwork and
+one fake clock, with seeded faults (partitions, crashes and restarts, connection resets,
+random delays that reorder messages across connections).
+
+Checker rule, for every key after the faults heal and hints are delivered, reading at QUORUM
+(the same rule docs/consistency.md §11 states):
+
+ 1. no acknowledged write is lost: each acknowledged write's version is in the read's
+    sibling set or superseded by one in it (its clock is descended by a kept clock);
+ 2. the latest acknowledged write wins: the plain-read winner's HLC is at least that of the
+    most recently *issued* acknowledged write; equal means it is that very write, greater
+    means it is a write (acknowledged or not) issued later: its HLC's millisecond is the
+    issue time of a write by the winner's node with the same value (or a delete).
+
+"Most recently issued" rather than "acknowledged last": two overlapping writes are
+concurrent, and the cluster orders them by HLC, which follows issue time. Writes are issued
+at distinct milliseconds on one shared clock, so HLC order is issue order. A write counts
+as acknowledged only if its coordinator was still up when the acknowledgement fired.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from twistkv.core.membership import MemberState
+from twistkv.core.quorum import ConsistencyLevel
+from twistkv.core.record import Version
+from twistkv.core.replication import version_clock
+from twistkv.core.versioning import hlc_physical_ms
+from twistkv.node.cluster import KEEP_TTL, ClusterOptions, ClusterRuntime, NotSupported
+from twistkv.node.coordinator import QuorumUnavailable, ReadResult
+from twistkv.node.durability import GroupCommitter
+from twistkv.storage.interface import FsyncPolicy
+from twistkv.storage.memory import MemoryStore
+from twistkv.testing import SimulatedNetwork
+
+EPOCH = 1_767_225_600.0
+OPTIONS = ClusterOptions(vnodes_per_node=16, hint_interval=1.0)
+SEEDS = range(20)
+
+
+class SimNode:
+    """One node: its store outlives crashes (it is the disk); the runtime is the process."""
+
+    def __init__(self, cluster: SimCluster, name: str) -> None:
+        self.cluster = cluster
+        self.name = name
+        self.address = f"{name}:7380"
+        self.store = MemoryStore()
+        self.incarnation = 0
+        self.runtime: ClusterRuntime | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.runtime is not None and self.runtime.running
+
+    @property
+    def rt(self) -> ClusterRuntime:
+        assert self.runtime is not None
+        return self.runtime
+
+    def boot(self, seeds: list[str]) -> None:
+        network = self.cluster.network
+        committer = GroupCommitter(self.store, FsyncPolicy.NEVER, network.clock)
+        committer.start()
+        self.runtime = ClusterRuntime(
+            self.name, self.address, reactor=network.clock, store=self.store,
+            committer=committer, seeds=seeds, cluster_name="sim",
+            options=self.cluster.options,
+            rng=random.Random(f"{self.cluster.seed}/{self.name}/{self.incarnation}"),
+            endpoint_factory=network.endpoint_factory(self.address),
+            incarnation=self.incarnation,
+        )
+        network.revive(self.address, self.runtime.server_factory)
+        self.runtime.start()
+
+    def crash(self) -> None:
+        self.rt.halt()
+        self.cluster.network.kill(self.address)
+        self.incarnation += 1
+
+    def restart(self) -> None:
+        others = [n.address for n in self.cluster.nodes if n is not self]
+        self.boot(others)
+
+
+@dataclass
+class Write:
+    key: bytes
+    node: str
+    issued_ms: int
+    value: bytes | None  # None: a delete
+    version: Version | None = None
+    failed: bool = False
+
+
+@dataclass
+class SimCluster:
+    seed: int
+    size: int
+    options: ClusterOptions = OPTIONS
+    network: SimulatedNetwork = field(init=False)
+    nodes: list[SimNode] = field(init=False)
+    writes: list[Write] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        clock = MemoryReactorClock()
+        clock.advance(EPOCH)
+        self.network = SimulatedNetwork(clock, random.Random(self.seed), min_delay=0.001,
+                                        max_delay=0.02)
+        self.nodes = [SimNode(self, f"n{i + 1}") for i in range(self.size)]
+        first = self.nodes[0]
+        first.boot([])
+        for node in self.nodes[1:]:
+            node.boot([first.address])
+
+    def node(self, name: str) -> SimNode:
+        return next(n for n in self.nodes if n.name == name)
+
+    def now_ms(self) -> int:
+        return int(self.network.clock.seconds() * 1000)
+
+    def run(self, seconds: float) -> None:
+        self.network.run_for(seconds)
+
+    def converged(self) -> bool:
+        names = {n.name for n in self.nodes}
+        return all(
+            n.up and n.rt.membership.joined and set(n.rt.ring.nodes) == names
+            and all(n.rt.is_alive(other) for other in names)
+            for n in self.nodes
+        )
+
+    def write(self, node: SimNode, key: bytes, value: bytes | None) -> Write:
+        """Issue a QUORUM write or delete; record whether it is acknowledged."""
+        record = Write(key, node.name, self.now_ms(), value)
+        self.writes.append(record)
+        runtime = node.rt
+        coordinator = runtime.coordinator
+        if value is None:
+            result = coordinator.delete(key, ConsistencyLevel.QUORUM)
+        else:
+            result = coordinator.put(key, value, ConsistencyLevel.QUORUM)
+
+        def acked(version: Version) -> None:
+            if runtime.running:  # a crashed coordinator's client never heard the ack
+                record.version = version
+            else:
+                record.failed = True
+
+        def failed(failure: Failure) -> None:
+            failure.trap(QuorumUnavailable)
+            record.failed = True
+
+        result.addCallbacks(acked, failed)
+        return record
+
+    def read(self, node: SimNode, key: bytes) -> ReadResult:
+        results: list[object] = []
+        node.rt.coordinator.get(key, ConsistencyLevel.QUORUM).addBoth(results.append)
+        self.run(3.0)
+        (result,) = results
+        assert isinstance(result, ReadResult), result
+        return result
+
+
+def check(cluster: SimCluster, reader: SimNode) -> None:
+    """The checker rule of the module docstring, for every key that has an acked write."""
+    keys = sorted({w.key for w in cluster.writes})
+    for key in keys:
+        acked = [w for w in cluster.writes if w.key == key and w.version is not None]
+        if not acked:
+            continue
+        result = cluster.read(reader, key)
+        kept = [version_clock(v) for v in result.versions]
+        for write in acked:
+            assert write.version is not None
+            wanted = version_clock(write.version)
+            assert any(clock.descends(wanted) for clock in kept), (
+                f"seed {cluster.seed}: acknowledged {write} of {key!r} lost; "
+                f"replicas answered {dict(result.replies)}")
+        latest = max(acked, key=lambda w: w.issued_ms)
+        assert latest.version is not None
+        winner = result.winner
+        assert winner is not None
+        assert winner.hlc >= latest.version.hlc, f"seed {cluster.seed}: {key!r} went back"
+        if winner.hlc == latest.version.hlc:
+            assert winner == latest.version
+        else:
+            issued_ms = hlc_physical_ms(winner.hlc)
+            assert any(
+                w.key == key and w.node == winner.node and w.issued_ms == issued_ms
+                and (w.value is None if winner.tombstone else w.value == winner.value)
+                and w.issued_ms > latest.issued_ms
+                for w in cluster.writes
+            ), f"seed {cluster.seed}: {key!r} winner {winner} matches no later write"
+        live = result.live(cluster.now_ms())
+        assert (live is None) == winner.tombstone
+
+
+def random_faults_run(seed: int) -> SimCluster:
+    """Boot, run a QUORUM workload under random faults, heal, and let hints drain."""
+    rng = random.Random(seed)
+    cluster = SimCluster(seed, rng.choice([3, 4, 5]))
+    cluster.run(8.0)
+    assert cluster.converged(), f"seed {seed}: membership did not converge"
+    network = cluster.network
+    keys = [b"key-%d" % i for i in range(24)]
+    max_down = 1 if cluster.size < 5 else 2
+    partitioned = False
+    for step in range(300):
+        cluster.run(rng.uniform(0.003, 0.12))
+        up = [n for n in cluster.nodes if n.up]
+        down = [n for n in cluster.nodes if not n.up]
+        roll = rng.random()
+        if roll < 0.85:
+            node = rng.choice(up)
+            value = None if rng.random() < 0.1 else b"%d-%d" % (seed, step)
+            cluster.write(node, rng.choice(keys), value)
+        elif roll < 0.89 and not partitioned:
+            addresses = [n.address for n in cluster.nodes]
+            rng.shuffle(addresses)
+            cut = rng.randint(1, len(addresses) - 1)
+            network.partition(addresses[:cut], addresses[cut:])
+            partitioned = True
+        elif roll < 0.93 and partitioned:
+            network.heal()
+            partitioned = False
+        elif roll < 0.96 and len(down) < max_down and len(up) > 1:
+            rng.choice(up).crash()
+        elif roll < 0.98 and down:
+            rng.choice(down).restart()
+        else:
+            network.drop_connections(rng.choice(up).address)
+    network.heal()
+    for node in cluster.nodes:
+        if not node.up:
+            node.restart()
+    cluster.run(40.0)
+    assert cluster.converged(), f"seed {seed}: membership did not converge after healing"
+    return cluster
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_acknowledged_quorum_writes_survive_random_faults(seed: int) -> None:
+    """After random partitions, crashes, restarts and resets heal, every key reads back at
+    QUORUM by the checker rule, every hint has been delivered, and the run exercised both
+    outcomes (some writes acknowledged, and for most seeds some refused)."""
+    cluster = random_faults_run(seed)
+    assert any(w.version is not None for w in cluster.writes)
+    check(cluster, random.Random(seed).choice(cluster.nodes))
+    for node in cluster.nodes:
+        assert len(node.rt.hints) == 0, f"seed {seed}: {node.name} still holds hints"
+
+
+def test_the_same_seed_replays_the_same_run() -> None:
+    """Determinism: one seed gives the same network history and the same outcomes."""
+
+    def fingerprint() -> tuple[object, ...]:
+        cluster = random_faults_run(3)
+        outcomes = tuple((w.key, w.issued_ms, w.version) for w in cluster.writes)
+        return len(cluster.network.log), outcomes
+
+    assert fingerprint() == fingerprint()
+
+
+# -- the issue's scenarios, step by step ------------------------------------------------------
+
+
+def three_nodes(seed: int = 7) -> SimCluster:
+    cluster = SimCluster(seed, 3)
+    cluster.run(8.0)
+    assert cluster.converged()
+    return cluster
+
+
+def wait(cluster: SimCluster, deferred: Deferred[object], seconds: float = 3.0) -> object:
+    results: list[object] = []
+    deferred.addBoth(results.append)
+    cluster.run(seconds)
+    (result,) = results
+    return result
+
+
+def test_three_nodes_find_each_other_and_a_set_on_one_is_read_on_another() -> None:
+    """Nodes joined through a seed form one ring; SET on n1, GET on n3 returns the value."""
+    cluster = three_nodes()
+    n1, _, n3 = cluster.nodes
+    assert wait(cluster, n1.rt.keyspace.set(b"k", b"v")) is None
+    got = wait(cluster, n3.rt.keyspace.get(b"k"))
+    assert isinstance(got, Version) and got.value == b"v"
+
+
+def test_kill_one_of_three_quorum_continues_hints_are_kept_and_delivered_on_return() -> None:
+    """With one node crashed, QUORUM writes and reads succeed; the writes meant for it are
+    kept as durable hints and, once it restarts, delivered so that it holds the data."""
+    cluster = three_nodes(seed=11)
+    n1, n2, n3 = cluster.nodes
+    n3.crash()
+    cluster.run(2.0)
+    values = {b"key-%d" % i: b"value-%d" % i for i in range(10)}
+    for key, value in values.items():
+        version = wait(cluster, n1.rt.keyspace.set(key, value, 0, ConsistencyLevel.QUORUM), 0.5)
+        assert version is None
+    for key, value in values.items():
+        got = wait(cluster, n2.rt.keyspace.get(key, ConsistencyLevel.QUORUM), 0.5)
+        assert isinstance(got, Version) and got.value == value
+    held = len(n1.rt.hints) + len(n2.rt.hints)
+    assert held == len(values)
+    assert all(n3.store.get(b"d" + key) is None for key in values)
+    cluster.run(30.0)  # n3 declared dead meanwhile: it stays in the ring
+    assert n1.rt.membership.get("n3").state is MemberState.DEAD  # type: ignore[union-attr]
+    assert "n3" in n1.rt.ring
+    n3.restart()
+    cluster.run(10.0)
+    assert len(n1.rt.hints) + len(n2.rt.hints) == 0
+    for key, value in values.items():
+        record = n3.rt.replica.read(key)
+        assert record is not None and record.versions[0].value == value
+    assert n1.rt.delivery.stats.delivered + n2.rt.delivery.stats.delivered == len(values)
+    stats = n1.rt.stats()
+    assert stats["hints_delivered"] + n2.rt.stats()["hints_delivered"] == len(values)
+    assert stats["hints_stored"] == 0 and stats["ring_nodes"] == 3
+
+
+def test_two_of_three_down_fails_unavailable_naming_the_replicas() -> None:
+    """Without a quorum a write fails with the documented UNAVAILABLE error."""
+    cluster = three_nodes(seed=12)
+    n1, n2, n3 = cluster.nodes
+    n2.crash()
+    n3.crash()
+    cluster.run(1.0)
+    failure = wait(cluster, n1.rt.keyspace.set(b"k", b"v"))
+    assert isinstance(failure, Failure) and failure.check(QuorumUnavailable)
+    assert str(failure.value).startswith("UNAVAILABLE write reached 1 of 2 required replicas (")
+
+
+def test_partition_makes_siblings_versions_shows_them_and_a_context_write_resolves() -> None:
+    """Writes on both sides of a partition (at ONE) become siblings after healing; the
+    VERSIONS read shows both with clocks; GET returns the later; DEL/SET with context (here a
+    read-modify-write) leaves one version everywhere."""
+    cluster = three_nodes(seed=13)
+    n1, n2, n3 = cluster.nodes
+    cluster.network.partition([n1.address], [n2.address, n3.address])
+    cluster.run(0.1)
+    wait(cluster, n1.rt.keyspace.set(b"k", b"left", 0, ConsistencyLevel.ONE), 0.5)
+    wait(cluster, n2.rt.keyspace.set(b"k", b"right", 0, ConsistencyLevel.ONE), 0.5)
+    cluster.network.heal()
+    cluster.run(20.0)
+    result = wait(cluster, n3.rt.keyspace.record(b"k", ConsistencyLevel.ALL))
+    assert isinstance(result, ReadResult)
+    assert {v.value for v in result.versions} == {b"left", b"right"}
+    assert set(result.replies) == {"n1", "n2", "n3"}
+    got = wait(cluster, n3.rt.keyspace.get(b"k"))
+    assert isinstance(got, Version) and got.value == b"right"
+    assert wait(cluster, n3.rt.keyspace.delete([b"k"])) == 1
+    cluster.run(2.0)
+    for node in cluster.nodes:
+        record = node.rt.replica.read(b"k")
+        assert record is not None and len(record.versions) == 1 and record.versions[0].tombstone
+
+
+def test_a_restarted_seed_node_keeps_its_ring_and_rejoins_without_seeds() -> None:
+    """The first node (started without seeds) crashes and restarts without seeds: it comes
+    back with the persisted three-node ring, refuses to coordinate until it has synced with
+    a member it knew (rather than acknowledging writes stored on itself alone), then serves."""
+    cluster = three_nodes(seed=14)
+    n1 = cluster.nodes[0]
+    n1.crash()
+    cluster.run(2.0)
+    n1.boot([])
+    assert set(n1.rt.ring.nodes) == {"n1", "n2", "n3"}
+    refused = wait(cluster, n1.rt.keyspace.set(b"k", b"v"), 0.0)
+    assert isinstance(refused, Failure)
+    assert "has not joined the cluster yet" in str(refused.value)
+    cluster.run(5.0)
+    assert n1.rt.membership.joined
+    assert wait(cluster, n1.rt.keyspace.set(b"k", b"v")) is None
+
+
+def test_a_stopped_node_stays_in_the_ring_and_a_leaving_node_is_removed() -> None:
+    """stop() is a restart, not a departure: peers keep the node's ranges and hint for it.
+    A node that announces LEFT is removed from every ring, persisted copy included."""
+    cluster = three_nodes(seed=15)
+    n1, n2, n3 = cluster.nodes
+    stopped: list[object] = []
+    n3.rt.stop().addBoth(stopped.append)
+    cluster.network.kill(n3.address)
+    cluster.run(30.0)
+    assert stopped == [None]
+    assert "n3" in n1.rt.ring and "n3" in n2.rt.ring
+    assert wait(cluster, n1.rt.keyspace.set(b"k", b"v")) is None
+    assert len(n1.rt.hints) == 1
+    n3.restart()
+    cluster.run(10.0)
+    assert cluster.converged()
+    n3.rt.membership_service.stopService()  # announces LEFT
+    cluster.run(2.0)
+    for node in (n1, n2):
+        assert "n3" not in node.rt.ring
+        assert node.store.get(b"mring/n3") is None
+    assert n1.store.get(b"mring/n2") == b"n2:7380"
+
+
+def test_cluster_keyspace_mirrors_the_local_keyspace_operations() -> None:
+    """The RESP-facing adapter: MSET, EXISTS, KEEPTTL, EXPIRE in the past and future, DEL
+    counting, local SCAN/KEYS, and FLUSHDB refused."""
+    cluster = three_nodes(seed=16)
+    n1, n2, _ = cluster.nodes
+    ks1, ks2 = n1.rt.keyspace, n2.rt.keyspace
+    now = ks1.now_ms()
+    assert wait(cluster, ks1.set_many([(b"a", b"1"), (b"b", b"2"), (b"a", b"3")])) is None
+    assert wait(cluster, ks2.exists(b"a")) is True
+    got = wait(cluster, ks2.get(b"a"))
+    assert isinstance(got, Version) and got.value == b"3"
+    assert wait(cluster, ks1.set(b"t", b"v", now + 60_000)) is None
+    assert wait(cluster, ks2.set(b"t", b"w", KEEP_TTL)) is None
+    kept = wait(cluster, ks1.get(b"t"))
+    assert isinstance(kept, Version) and kept.value == b"w" and kept.expires_at_ms == now + 60_000
+    assert wait(cluster, ks1.set_expiry(b"t", 0)) is True
+    persisted = wait(cluster, ks2.get(b"t"))
+    assert isinstance(persisted, Version) and persisted.expires_at_ms == 0
+    assert wait(cluster, ks1.set_expiry(b"missing", 0)) is False
+    assert wait(cluster, ks1.set_expiry(b"b", 1)) is True  # in the past: deleted
+    assert wait(cluster, ks2.get(b"b")) is None
+    assert wait(cluster, ks2.delete([b"a", b"a", b"b", b"nope"])) == 1
+    assert sorted(ks1.iter_keys()) == [b"t"]
+    assert ks1.scan(None, 10) == ([b"t"], None)
+    assert ks1.key_count() == 3  # tombstones of a and b included until collected
+    refused = wait(cluster, ks1.flush())
+    assert isinstance(refused, Failure) and refused.check(NotSupported)

@@ -1,0 +1,514 @@
+"""Tests for twistkv.node.coordinator: quorums, sloppy quorum and hints, read repair, siblings,
+the replica verbs, and the client-facing error text.
+
+The peers here are other in-process coordinators behind a scripted pool, so each test
+chooses exactly which replica answers, refuses, is unreachable or hangs; the full stack over
+the simulated network is exercised by test_cluster_sim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from twistkv.core.peerwire import Frame, quote
+from twistkv.core.quorum import ConsistencyLevel
+from twistkv.core.record import Record, Version, decode_record, encode_record
+from twistkv.core.ring import Ring
+from twistkv.core.versioning import HybridLogicalClock
+from twistkv.node.coordinator import (
+    Coordinator,
+    HintDelivery,
+    KeyTooLong,
+    QuorumUnavailable,
+    ReadResult,
+)
+from twistkv.node.durability import GroupCommitter
+from twistkv.node.peer import PeerTimeout, PeerUnavailable
+from twistkv.node.replica import HintStore, ReplicaStore
+from twistkv.storage.interface import FsyncPolicy
+from twistkv.storage.memory import MemoryStore
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "consistency.md"
+VNODES = 16
+
+
+class Net:
+    """In-process peers: a request reaches the target coordinator's handle() 0.5 ms later and
+    its answer comes back 0.5 ms after that, unless the target is scripted to be unreachable,
+    to hang, or to refuse."""
+
+    def __init__(self, clock: Clock, names: list[str], n: int = 3) -> None:
+        self.clock = clock
+        self.ring = Ring(names, VNODES)
+        self.faults: dict[str, str] = {}
+        self.believed_down: set[str] = set()
+        self.sent: list[tuple[str, str, Frame]] = []
+        self.nodes: dict[str, Coordinator] = {}
+        for name in names:
+            store = MemoryStore()
+            committer = GroupCommitter(store, FsyncPolicy.NEVER, clock)
+            committer.start()
+            now = self.now_ms
+            self.nodes[name] = Coordinator(
+                name,
+                replica=ReplicaStore(store, committer, now, tombstone_grace_ms=10**9),
+                hints=HintStore(store, committer, now),
+                pool=_Pool(self, name),
+                ring_provider=lambda: self.ring,
+                alive_provider=lambda node: node not in self.believed_down,
+                address_provider=lambda node: f"{node}:7380" if node in self.nodes else None,
+                reactor=clock,
+                hlc=HybridLogicalClock(),
+                n=n,
+                request_timeout=2.0,
+            )
+
+    def now_ms(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    def __getitem__(self, name: str) -> Coordinator:
+        return self.nodes[name]
+
+    def run(self, seconds: float = 5.0) -> None:
+        for _ in range(int(seconds * 1000)):
+            self.clock.advance(0.001)
+
+    def key_owned_by(self, owners: tuple[str, ...]) -> bytes:
+        """A key whose preference list is exactly ``owners`` (in that order)."""
+        for i in range(100_000):
+            key = b"key-%d" % i
+            if self.ring.preference_list(key, len(owners)) == owners:
+                return key
+        raise AssertionError(f"no key with preference list {owners}")
+
+    def stored(self, name: str, key: bytes) -> list[bytes]:
+        record = self.nodes[name].replica.read(key)
+        return sorted(v.value for v in record.versions) if record else []
+
+
+class _Pool:
+    def __init__(self, net: Net, source: str) -> None:
+        self._net = net
+        self._source = source
+
+    def request(self, address: str, frame: Frame, timeout: float | None = None) -> Deferred[Frame]:
+        net = self._net
+        target = address.split(":")[0]
+        net.sent.append((self._source, target, frame))
+        fault = net.faults.get(target)
+        if fault == "unreachable":
+            return fail(PeerUnavailable(address, "connection refused"))
+        result: Deferred[Frame] = Deferred()
+        if fault == "hang":
+            net.clock.callLater(timeout or 5.0, result.errback,
+                                Failure(PeerTimeout(address, frame.verb, timeout or 5.0)))
+            return result
+
+        def arrive() -> None:
+            if fault == "refuse":
+                answer: object = Frame("NACK", 1, {"reason": "storage_error"})
+            else:
+                answer = net.nodes[target].handle(self._source, replace(frame, request_id=1))
+            respond(answer)
+
+        def respond(answer: object) -> None:
+            if isinstance(answer, Deferred):
+                answer.addCallback(respond)
+                return
+            assert isinstance(answer, Frame)
+            net.clock.callLater(0.0005, result.callback, answer)
+
+        net.clock.callLater(0.0005, arrive)
+        return result
+
+
+def outcome(deferred: Deferred[object]) -> list[object]:
+    results: list[object] = []
+    deferred.addBoth(results.append)
+    return results
+
+
+@pytest.fixture
+def net3(clock: Clock) -> Net:
+    return Net(clock, ["n1", "n2", "n3"])
+
+
+@pytest.fixture
+def net4(clock: Clock) -> Net:
+    return Net(clock, ["n1", "n2", "n3", "n4"])
+
+
+# -- quorum writes ----------------------------------------------------------------------------
+
+
+def test_quorum_write_reaches_every_replica(net3: Net) -> None:
+    """A default (W=2) write fires with its version and lands on all three replicas."""
+    results = outcome(net3["n1"].put(b"k", b"v"))
+    net3.run(0.01)
+    (written,) = results
+    assert isinstance(written, Version) and written.value == b"v"
+    assert all(net3.stored(n, b"k") == [b"v"] for n in ("n1", "n2", "n3"))
+
+
+def test_write_waits_for_w_acks_not_for_every_replica(net3: Net) -> None:
+    """One hanging replica does not delay a QUORUM write; ALL waits and fails on it."""
+    net3.faults["n3"] = "hang"
+    quorum = outcome(net3["n1"].put(b"k", b"v"))
+    net3.run(0.01)
+    assert len(quorum) == 1 and isinstance(quorum[0], Version)
+    every = outcome(net3["n1"].put(b"k", b"w", ConsistencyLevel.ALL))
+    net3.run(1.9)
+    assert every == []
+    net3.run(0.2)
+    (failure,) = every
+    assert isinstance(failure, Failure) and failure.check(QuorumUnavailable)
+
+
+def test_write_that_cannot_reach_w_fails_unavailable_with_an_exact_message(net3: Net) -> None:
+    """Two of three replicas unreachable: W=2 cannot be met; the error names who answered
+    and who did not, and the coordinator keeps hints for both owners it could not reach."""
+    key = net3.key_owned_by(("n1", "n2", "n3"))
+    net3.faults.update(n2="unreachable", n3="unreachable")
+    results = outcome(net3["n1"].put(key, b"v"))
+    net3.run(0.01)
+    (failure,) = results
+    assert isinstance(failure, Failure)
+    error = failure.value
+    assert isinstance(error, QuorumUnavailable)
+    assert str(error) == (
+        "UNAVAILABLE write reached 1 of 2 required replicas (n2 unreachable, n3 unreachable); "
+        "the value may exist on the replicas that acknowledged and will spread by read "
+        "repair/hints"
+    )
+    assert (error.acks, error.required, error.replicas_tried) == (1, 2, ("n1", "n2", "n3"))
+    assert net3.stored("n1", key) == [b"v"]
+    assert net3["n1"].hints.targets() == ["n2", "n3"]
+    assert net3["n1"].stats.writes_unavailable == 1
+
+
+def test_write_times_out_at_the_request_timeout(net3: Net) -> None:
+    """Replicas that never answer fail the write at the deadline, not before; the message
+    says they timed out."""
+    net3.faults.update(n2="hang", n3="hang")
+    results = outcome(net3["n1"].put(b"k", b"v"))
+    net3.run(1.99)
+    assert results == []
+    net3.run(0.02)
+    (failure,) = results
+    assert isinstance(failure, Failure)
+    assert "reached 1 of 2 required replicas (n2 timed out, n3 timed out)" in str(failure.value)
+
+
+def test_consistency_one_succeeds_on_the_local_replica_alone(net3: Net) -> None:
+    """ONE needs a single ack: the coordinator's own replica suffices."""
+    key = net3.key_owned_by(("n1", "n2", "n3"))
+    net3.faults.update(n2="unreachable", n3="unreachable")
+    results = outcome(net3["n1"].put(key, b"v", ConsistencyLevel.ONE))
+    assert len(results) == 1 and isinstance(results[0], Version)
+
+
+# -- sloppy quorum and hinted handoff ---------------------------------------------------------
+
+
+def test_down_owner_is_replaced_by_a_stand_in_whose_hint_counts(net4: Net) -> None:
+    """With n3 believed down, its copy goes to the fallback n4 as a hint (hint_for=n3);
+    n4's ack counts, n4 stores nothing as its own data."""
+    key = net4.key_owned_by(("n1", "n2", "n3"))
+    assert net4.ring.fallback_nodes(key, 3) == ("n4",)
+    net4.believed_down.add("n3")
+    net4.faults["n3"] = "unreachable"
+    results = outcome(net4["n1"].put(key, b"v", ConsistencyLevel.ALL))
+    net4.run(0.01)
+    assert len(results) == 1 and isinstance(results[0], Version)
+    puts = [(t, f.fields.get("hint_for")) for _, t, f in net4.sent if f.verb == "PUT"]
+    assert ("n4", "n3") in puts and all(t != "n3" for t, _ in puts)
+    assert net4.stored("n4", key) == []
+    (hint,) = net4["n4"].hints.pending_for("n3")
+    assert hint.key == key
+    assert net4["n1"].stats.hinted_acks == 1 and net4["n4"].stats.hints_accepted == 1
+
+
+def test_a_failing_owner_fails_over_to_a_stand_in_within_the_deadline(net4: Net) -> None:
+    """The failure detector still thinks n3 is alive, but its request times out: the slot
+    moves to n4 after the replica timeout, in time for an ALL write to succeed."""
+    key = net4.key_owned_by(("n1", "n2", "n3"))
+    net4.faults["n3"] = "hang"
+    results = outcome(net4["n1"].put(key, b"v", ConsistencyLevel.ALL))
+    net4.run(0.99)
+    assert results == []
+    net4.run(0.05)
+    assert len(results) == 1 and isinstance(results[0], Version)
+    assert [h.key for h in net4["n4"].hints.pending_for("n3")] == [key]
+
+
+def test_hints_are_delivered_when_the_owner_returns_then_deleted(net4: Net) -> None:
+    """Hinted handoff: nothing is sent while the owner is down; once it is back the stand-in
+    delivers, the owner stores the write as its own, and the hint is gone."""
+    key = net4.key_owned_by(("n1", "n2", "n3"))
+    net4.believed_down.add("n3")
+    net4.faults["n3"] = "unreachable"
+    net4["n1"].put(key, b"v")
+    net4.run(0.01)
+    stand_in = net4["n4"]
+    delivery = HintDelivery(net4.clock, "n4", stand_in.hints, _Pool(net4, "n4"),
+                            lambda n: f"{n}:7380", lambda n: n not in net4.believed_down)
+    assert delivery.run_once() == 0
+    net4.believed_down.discard("n3")
+    del net4.faults["n3"]
+    assert delivery.run_once() == 1
+    net4.run(0.01)
+    assert net4.stored("n3", key) == [b"v"]
+    assert stand_in.hints.targets() == [] and delivery.stats.delivered == 1
+    assert stand_in.hints.stats.delivered == 1
+
+
+def test_three_node_cluster_coordinator_keeps_the_hint_for_a_dead_node(net3: Net) -> None:
+    """With N=3 on three nodes there is no fallback: QUORUM writes still succeed on the two
+    live owners and the coordinator keeps a durable hint for the dead one, delivered on its
+    return."""
+    key = net3.key_owned_by(("n1", "n2", "n3"))
+    net3.believed_down.add("n3")
+    net3.faults["n3"] = "unreachable"
+    results = outcome(net3["n2"].put(key, b"v"))
+    net3.run(0.01)
+    assert len(results) == 1 and isinstance(results[0], Version)
+    assert [h.key for h in net3["n2"].hints.pending_for("n3")] == [key]
+    assert net3["n2"].stats.coordinator_hints == 1
+    net3.believed_down.clear()
+    net3.faults.clear()
+    delivery = HintDelivery(net3.clock, "n2", net3["n2"].hints, _Pool(net3, "n2"),
+                            lambda n: f"{n}:7380", lambda n: True)
+    delivery.run_once()
+    net3.run(0.01)
+    assert net3.stored("n3", key) == [b"v"]
+
+
+def test_a_refused_hint_stays_for_the_next_round(net4: Net) -> None:
+    """A NACK from the owner keeps the hint; it is retried and removed once acked."""
+    key = net4.key_owned_by(("n1", "n2", "n3"))
+    net4.believed_down.add("n3")
+    net4["n1"].put(key, b"v")
+    net4.run(0.01)
+    delivery = HintDelivery(net4.clock, "n4", net4["n4"].hints, _Pool(net4, "n4"),
+                            lambda n: f"{n}:7380", lambda n: True)
+    net4.faults["n3"] = "refuse"
+    delivery.run_once()
+    net4.run(0.01)
+    assert net4["n4"].hints.targets() == ["n3"] and delivery.stats.failures == 1
+    del net4.faults["n3"]
+    delivery.run_once()
+    net4.run(0.01)
+    assert net4["n4"].hints.targets() == []
+
+
+# -- reads --------------------------------------------------------------------------------------
+
+
+def test_quorum_read_returns_the_newest_and_repairs_the_stale_replica(net3: Net) -> None:
+    """A replica that missed a write answers the old version; the read returns the new one
+    and, once every replica answered, sends the stale one the reconciled record."""
+    key = net3.key_owned_by(("n1", "n2", "n3"))
+    net3["n1"].put(key, b"old")
+    net3.run(0.01)
+    net3.faults["n3"] = "unreachable"
+    net3["n1"].put(key, b"new")
+    net3.run(0.01)
+    del net3.faults["n3"]
+    assert net3.stored("n3", key) == [b"old"]
+    # n3 coordinates: its own stale copy is the first reply.
+    results = outcome(net3["n3"].get(key, ConsistencyLevel.ALL))
+    net3.run(0.01)
+    (result,) = results
+    assert isinstance(result, ReadResult)
+    assert [v.value for v in result.versions] == [b"new"]
+    assert net3.stored("n3", key) == [b"new"]
+    assert net3["n3"].stats.read_repairs == 1
+
+
+def test_read_repair_of_a_remote_replica_is_counted(net3: Net) -> None:
+    """A stale remote replica gets a PUT of the reconciled record after the read answered."""
+    key = net3.key_owned_by(("n1", "n2", "n3"))
+    net3.faults["n3"] = "unreachable"
+    net3["n1"].put(key, b"v")
+    net3.run(0.01)
+    del net3.faults["n3"]
+    results = outcome(net3["n1"].get(key))
+    net3.run(0.01)
+    assert isinstance(results[0], ReadResult) and results[0].live(net3.now_ms()) is not None
+    assert net3.stored("n3", key) == [b"v"]
+    assert net3["n1"].stats.read_repairs == 1 and net3["n1"].stats.read_repair_failures == 0
+
+
+def test_read_that_cannot_reach_r_fails_unavailable(net3: Net) -> None:
+    """Two replicas down and R=2: the read fails at once, naming them."""
+    key = net3.key_owned_by(("n1", "n2", "n3"))
+    net3.believed_down.update({"n2", "n3"})
+    results = outcome(net3["n1"].get(key))
+    (failure,) = results
+    assert isinstance(failure, Failure)
+    assert str(failure.value) == (
+        "UNAVAILABLE read reached 1 of 2 required replicas (n2 down, n3 down); nothing was "
+        "changed, retry or read at a lower consistency level"
+    )
+
+
+def test_wait_for_all_shows_every_replicas_answer(net3: Net) -> None:
+    """VERSIONS reads wait for every replica, so per-replica answers are complete."""
+    net3["n1"].put(b"k", b"v")
+    net3.run(0.01)
+    results = outcome(net3["n2"].get(b"k", wait_for_all=True))
+    net3.run(0.01)
+    (result,) = results
+    assert isinstance(result, ReadResult)
+    assert sorted(result.replies) == ["n1", "n2", "n3"]
+
+
+# -- siblings, context, deletes ---------------------------------------------------------------
+
+
+def test_concurrent_blind_writes_become_siblings_and_a_context_write_resolves_them(
+    net3: Net,
+) -> None:
+    """Two nodes write the same key in the same instant, each without the other's version:
+    the read shows both siblings, GET's winner is the later HLC, and a write with the read's
+    context replaces both everywhere."""
+    key = net3.key_owned_by(("n1", "n2", "n3"))
+    first = outcome(net3["n1"].put(key, b"from-n1"))
+    net3.clock.advance(0.0002)  # a later HLC, but before n1's write reaches n2
+    second = outcome(net3["n2"].put(key, b"from-n2"))
+    net3.run(0.01)
+    assert isinstance(first[0], Version) and isinstance(second[0], Version)
+    results = outcome(net3["n3"].get(key, wait_for_all=True))
+    net3.run(0.01)
+    (read,) = results
+    assert isinstance(read, ReadResult)
+    assert {v.value for v in read.versions} == {b"from-n1", b"from-n2"}
+    live = read.live(net3.now_ms())
+    assert live is not None and live.value == b"from-n2"
+    outcome(net3["n3"].put(key, b"resolved", context=read.context))
+    net3.run(0.01)
+    assert all(net3.stored(n, key) == [b"resolved"] for n in ("n1", "n2", "n3"))
+
+
+def test_delete_writes_a_versioned_tombstone(net3: Net) -> None:
+    """A delete supersedes the value on every replica with a tombstone; GET sees nothing."""
+    net3["n1"].put(b"k", b"v")
+    net3.run(0.01)
+    results = outcome(net3["n2"].delete(b"k"))
+    net3.run(0.01)
+    assert isinstance(results[0], Version) and results[0].tombstone
+    for name in ("n1", "n2", "n3"):
+        record = net3[name].replica.read(b"k")
+        assert record is not None and [v.tombstone for v in record.versions] == [True]
+    reads = outcome(net3["n3"].get(b"k"))
+    net3.run(0.01)
+    assert isinstance(reads[0], ReadResult) and reads[0].live(net3.now_ms()) is None
+    deletes = [f for _, _, f in net3.sent if f.verb == "DEL"]
+    assert len(deletes) == 2
+
+
+def test_blind_write_at_a_replica_supersedes_what_it_holds(net3: Net) -> None:
+    """Sequential SETs through one replica replace each other: no sibling build-up."""
+    for value in (b"1", b"2", b"3"):
+        net3["n1"].put(b"k", value)
+        net3.run(0.01)
+    assert all(net3.stored(n, b"k") == [b"3"] for n in ("n1", "n2", "n3"))
+
+
+# -- guards and the replica verbs ---------------------------------------------------------------
+
+
+def test_key_too_long_is_refused_before_contacting_anyone(net3: Net) -> None:
+    """The 16 KiB key limit is the client's error, raised without any request."""
+    results = outcome(net3["n1"].put(b"x" * (16 * 1024 + 1), b"v"))
+    assert isinstance(results[0], Failure) and results[0].check(KeyTooLong)
+    assert net3.sent == []
+
+
+def test_a_node_that_has_not_joined_refuses_to_coordinate(clock: Clock) -> None:
+    """Until membership joined, the ring holds only this node: acknowledging would be a lie."""
+    net = Net(clock, ["n1"])
+    coordinator = net["n1"]
+    coordinator._ready = lambda: False  # type: ignore[method-assign]
+    results = outcome(coordinator.put(b"k", b"v"))
+    assert isinstance(results[0], Failure)
+    assert "has not joined the cluster yet" in str(results[0].value)
+
+
+def test_a_single_node_cluster_serves_default_quorums(clock: Clock) -> None:
+    """Fewer nodes than N: defaults are capped to the replicas that exist."""
+    net = Net(clock, ["n1"])
+    assert isinstance(outcome(net["n1"].put(b"k", b"v"))[0], Version)
+    read = outcome(net["n1"].get(b"k"))[0]
+    assert isinstance(read, ReadResult) and read.versions[0].value == b"v"
+
+
+def test_replica_verbs_validate_their_input(net3: Net) -> None:
+    """GET of an absent key is VAL without payload; malformed or misdirected requests are
+    refused with the spec's codes."""
+    node = net3["n1"]
+    tomb = encode_record(Record((Version(b"", (("n2", 1),), 1, "n2", tombstone=True),)))
+    live = encode_record(Record((Version(b"v", (("n2", 1),), 1, "n2"),)))
+    assert node.handle("n2", Frame("GET", 1, {"key": "absent"})) == Frame("VAL", 0)
+    missing = node.handle("n2", Frame("PUT", 1, {}, live))
+    assert isinstance(missing, Frame) and missing.fields["code"] == "bad_request"
+    corrupt = node.handle("n2", Frame("PUT", 1, {"key": "k"}, b"\x07junk"))
+    assert isinstance(corrupt, Frame) and corrupt.fields["code"] == "bad_request"
+    live_del = node.handle("n2", Frame("DEL", 1, {"key": "k"}, live))
+    assert isinstance(live_del, Frame) and live_del.fields["code"] == "bad_request"
+    astray = node.handle("n2", Frame("HINT", 1, {"key": "k", "hint_for": "n3"}, live))
+    assert isinstance(astray, Frame) and astray.verb == "NACK"
+    assert astray.fields["reason"] == "not_owner"
+    assert node.handle("n2", Frame("DEL", 1, {"key": quote(b"a b")}, tomb)) == Frame("ACK", 0)
+    val = node.handle("n2", Frame("GET", 1, {"key": quote(b"a b")}))
+    assert isinstance(val, Frame) and decode_record(val.payload).versions[0].tombstone
+
+
+def test_stand_in_acks_a_hint_only_once_durable(
+    store: MemoryStore, committer: GroupCommitter, clock: Clock
+) -> None:
+    """Under fsync=always the stand-in's ACK waits for the commit holding the hint."""
+    now = lambda: int(clock.seconds() * 1000)  # noqa: E731
+    node = Coordinator(
+        "n4", replica=ReplicaStore(store, committer, now), hints=HintStore(store, committer, now),
+        pool=_Pool(Net(clock, []), "n4"), ring_provider=lambda: Ring(["n4"], VNODES),
+        alive_provider=lambda n: True, address_provider=lambda n: None, reactor=clock,
+        hlc=HybridLogicalClock(),
+    )
+    record = encode_record(Record((Version(b"v", (("n1", 1),), 1, "n1"),)))
+    answer = node.handle("n1", Frame("PUT", 1, {"key": "k", "hint_for": "n3"}, record))
+    assert isinstance(answer, Deferred)
+    results = outcome(answer)
+    assert results == []
+    clock.advance(0)
+    assert results == [Frame("ACK", 0)]
+    assert node.hints.targets() == ["n3"] and node.replica.read(b"k") is None
+
+
+def test_shutdown_refuses_new_work(net3: Net) -> None:
+    """A stopped coordinator refuses client requests and peer writes."""
+    net3["n1"].shutdown()
+    results = outcome(net3["n1"].get(b"k"))
+    assert isinstance(results[0], Failure) and "shutting down" in str(results[0].value)
+    answer = net3["n1"].handle("n2", Frame("GET", 1, {"key": "k"}))
+    assert isinstance(answer, Frame) and answer.fields["reason"] == "shutting_down"
+
+
+def test_documented_error_messages_match_the_code() -> None:
+    """docs/consistency.md quotes the UNAVAILABLE messages verbatim; they must not drift."""
+    text = " ".join(DOCS.read_text(encoding="utf-8").split())
+    examples = [
+        QuorumUnavailable("write", 1, 2, ["n1", "n2", "n3"], {"n3": "unreachable"}),
+        QuorumUnavailable("write", 0, 2, ["n1", "n2"], {"n1": "storage error",
+                                                        "n2": "timed out"}),
+        QuorumUnavailable("read", 1, 2, ["n1", "n2"], {"n2": "timed out", "n3": "down"}),
+        QuorumUnavailable("write", 0, 2, [], {}, note="this node has not joined the cluster yet"),
+    ]
+    for error in examples:
+        assert str(error) in text, str(error)

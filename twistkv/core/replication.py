@@ -1,0 +1,241 @@
+"""Replication rules for one key, sans-IO: merging versions, minting writes, sloppy targets.
+
+Everything a replica or a coordinator decides about *data* lives here as pure functions of
+their inputs (and an explicit ``now``), so that hypothesis can check the laws the cluster's
+convergence rests on; the Twisted adapters in ``twistkv.node`` only move records and timers.
+
+Versions are ``twistkv.core.record.Version`` (the on-disk and on-wire form: the clock is a
+tuple of ``(node, counter)`` pairs). ``twistkv.core.versioning`` reasons about clocks as
+``VectorClock``; ``_Clocked`` bridges the two so that ``versioning.reconcile`` stays the one
+definition of "which versions survive".
+
+Write clocks: the coordinator's entry is advanced to its HLC timestamp
+------------------------------------------------------------------------
+
+A new version's clock is the *context* (every clock the writer had seen) with the coordinating
+node's entry raised. Classic vector clocks raise it by one, which makes ``(node, counter)``
+identify a write only if the coordinator always sees its own previous writes to the key. Ours
+does not always: a coordinator outside a key's preference list holds no copy, a stale replica
+may coordinate, and tombstone collection forgets history. Two different writes with EQUAL
+clocks would then be deduplicated into one on every replica: a silently lost acknowledged write
+(or replicas that disagree forever, since read repair compares clocks).
+
+So `new_version` sets the coordinator's entry to ``max(context[node] + 1, hlc_ts)``. The HLC is
+strictly increasing per node (and reseeded from stored data across restarts), so every write a
+node coordinates gets a counter no other write of that node ever had, for any key. The order
+laws are unchanged (the entry still only grows along a causal chain); the counters are just
+large, sparse numbers (about ``wall_ms << 16``), which ``VERSIONS`` shows as is.
+
+Context of a plain ``SET``: the caller passes what the client last read (``ReadResult.context``)
+or, for a blind ``SET``, the clocks of what the coordinator holds locally (see
+``twistkv.node.coordinator``). Consequence: two blind ``SET``s coordinated concurrently by two
+nodes (or by one node that holds a stale or no copy) produce siblings; plain ``GET`` answers the
+last-writer (HLC) winner among them, and the next write whose context covers every sibling (any
+write coordinated by a replica that has seen them, or one carrying a read's context) resolves
+them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from twistkv.core.quorum import ConsistencyLevel, Replica
+from twistkv.core.record import Record, Version
+from twistkv.core.versioning import VectorClock, hlc_physical_ms, reconcile, stale
+
+__all__ = [
+    "collectable",
+    "context_clock",
+    "merge_versions",
+    "new_version",
+    "next_stand_in",
+    "plan_write_targets",
+    "reconcile_versions",
+    "replica_is_stale",
+    "required_replies",
+    "version_clock",
+]
+
+
+def version_clock(version: Version) -> VectorClock:
+    """The vector clock of a stored version (its pairs validated and normalised)."""
+    return VectorClock.from_pairs(version.clock)
+
+
+@dataclass(frozen=True, slots=True)
+class _Clocked:
+    """A record version seen through the ``versioning.Version`` protocol."""
+
+    clock: VectorClock
+    hlc: int
+    node: str
+    version: Version
+
+
+def _identity(version: Version) -> tuple[int, str, tuple[tuple[str, int], ...], bool, int, bytes]:
+    """A total order on versions, so that a choice among EQUAL clocks never depends on input
+    order (which would make merging non-commutative)."""
+    return (
+        version.hlc,
+        version.node,
+        tuple(sorted(version.clock)),
+        version.tombstone,
+        version.expires_at_ms,
+        version.value,
+    )
+
+
+def reconcile_versions(versions: Iterable[Version]) -> list[Version]:
+    """The sibling set of ``versions``: those no other version's clock supersedes.
+
+    Of versions with EQUAL clocks one is kept. With `new_version`'s clocks equal clocks mean the
+    same write, so any copy will do; should two differ anyway (a corrupt peer, a bug), the greatest
+    under a total order is kept, so every replica makes the same choice. The result is newest first
+    (``versioning.reconcile``'s order), so element 0 is the last-writer winner a plain GET returns.
+    Also the ``reconcile`` callable of ``quorum.ReadCoordination``.
+    """
+    # Pre-sorting by the full identity, descending, makes reconcile's stable sort keep the
+    # greatest of any tie it cannot break itself.
+    ordered = sorted(versions, key=_identity, reverse=True)
+    kept = reconcile(_Clocked(version_clock(v), v.hlc, v.node, v) for v in ordered)
+    return [clocked.version for clocked in kept]
+
+
+def merge_versions(stored: Record | None, incoming: Iterable[Version]) -> Record:
+    """What a replica stores after receiving ``incoming`` for a key it holds as ``stored``.
+
+    Exactly the versions no other version (stored or incoming) supersedes survive, one per clock.
+    This is commutative, associative and idempotent over sets of versions, so replicas that
+    receive the same writes in any order, any number of times, converge to the same record.
+    """
+    current = stored.versions if stored is not None else ()
+    return Record(tuple(reconcile_versions((*current, *incoming))))
+
+
+def replica_is_stale(reply: Sequence[Version], reconciled: Sequence[Version]) -> bool:
+    """Whether read repair should send ``reconciled`` to the replica that answered ``reply``.
+
+    The ``is_stale`` callable of ``quorum.ReadCoordination``: versions are compared by clock,
+    since equal clocks are the same write.
+    """
+    return stale(
+        [_Clocked(version_clock(v), v.hlc, v.node, v) for v in reply],
+        [_Clocked(version_clock(v), v.hlc, v.node, v) for v in reconciled],
+    )
+
+
+def context_clock(versions: Iterable[Version]) -> VectorClock:
+    """The merge of the versions' clocks: a write with this context supersedes all of them."""
+    clock = VectorClock()
+    for version in versions:
+        clock = clock.merge(version_clock(version))
+    return clock
+
+
+def new_version(
+    context_clock: VectorClock,
+    value: bytes,
+    node_id: str,
+    hlc_ts: int,
+    expires_at_ms: int = 0,
+    tombstone: bool = False,
+) -> Version:
+    """The version a coordinator writes: it descends ``context_clock`` and nothing else.
+
+    ``node_id``'s entry becomes ``max(context + 1, hlc_ts)`` (see the module docstring for why
+    not just ``+ 1``); pass a fresh ``HybridLogicalClock.tick`` as ``hlc_ts``. A tombstone's value
+    is ignored and stored empty.
+    """
+    if tombstone:
+        value, expires_at_ms = b"", 0
+    counter = max(context_clock.counter(node_id) + 1, hlc_ts)
+    counters = dict(context_clock.pairs)
+    counters[node_id] = counter
+    clock = VectorClock.from_pairs(counters.items())
+    return Version(value, clock.pairs, hlc_ts, node_id, expires_at_ms, tombstone)
+
+
+def _died_at_ms(version: Version, now_ms: int) -> int | None:
+    """When a version stopped being a value (deleted or expired), or None if it is live."""
+    if version.tombstone:
+        return hlc_physical_ms(version.hlc)
+    if version.expired(now_ms):
+        return version.expires_at_ms
+    return None
+
+
+def collectable(record: Record, now_ms: int, grace_ms: int) -> bool:
+    """Whether a replica may physically remove ``record``: tombstone garbage collection.
+
+    True when every version is a tombstone or expired, and each died at least ``grace_ms`` ago
+    (a tombstone dies at its HLC's wall time, an expired value at its expiry).
+
+    Why the whole record and not single siblings: a dead sibling may be the last-writer winner
+    that hides a live concurrent one; dropping it alone would resurrect the older value.
+
+    Why the grace period: until every replica has the tombstone, a replica that missed the
+    delete still holds the old value, and read repair or hinted handoff would copy it back to
+    the replicas that already forgot the tombstone: the delete would be undone. The grace must
+    therefore exceed the longest time a write can take to reach every replica: the hint age
+    cap, and the longest outage after which a node may rejoin without being wiped.
+    """
+    if not record.versions:
+        return True
+    for version in record.versions:
+        died = _died_at_ms(version, now_ms)
+        if died is None or now_ms - died < grace_ms:
+            return False
+    return True
+
+
+def required_replies(level: ConsistencyLevel | None, replicas: int, default: int) -> int:
+    """How many of ``replicas`` (the size of the key's preference list) must answer.
+
+    ``level`` None means the cluster default (R or W). A cluster with fewer nodes than N
+    replicates to every node, and the requirement is capped at what exists: ONE/QUORUM/ALL are
+    computed over the replicas that exist, and a default above that is capped. So a one-node
+    development cluster answers, while a cluster of N or more nodes keeps the configured quorums.
+    """
+    if replicas < 1:
+        raise ValueError("a key needs at least one replica")
+    if level is None:
+        return max(1, min(default, replicas))
+    return level.required(replicas)
+
+
+def plan_write_targets(
+    preference: Sequence[str], fallbacks: Sequence[str], is_alive: Callable[[str], bool]
+) -> list[Replica]:
+    """Sloppy-quorum targets for a write: one per owner in ``preference``, in order.
+
+    A live owner is its own target. An owner believed down is replaced by the first live
+    fallback not already used (``Replica(fallback, hinted_for=owner)``), as in Dynamo. With no
+    live fallback left (a cluster of exactly N nodes has none), the slot stays on the owner: it
+    is still tried, in case the failure detector is wrong, and the coordinator keeps a hint for
+    it if the attempt fails.
+    """
+    used = set(preference)
+    targets: list[Replica] = []
+    for owner in preference:
+        if is_alive(owner):
+            targets.append(Replica(owner))
+            continue
+        stand_in = next_stand_in(owner, fallbacks, used, is_alive)
+        if stand_in is None:
+            targets.append(Replica(owner))
+        else:
+            used.add(stand_in)
+            targets.append(Replica(stand_in, hinted_for=owner))
+    return targets
+
+
+def next_stand_in(
+    owner: str, fallbacks: Sequence[str], used: Iterable[str], is_alive: Callable[[str], bool]
+) -> str | None:
+    """The next live fallback, nearest on the ring first, not yet used by this write."""
+    taken = set(used)
+    for candidate in fallbacks:
+        if candidate != owner and candidate not in taken and is_alive(candidate):
+            return candidate
+    return None

@@ -1,0 +1,584 @@
+"""A node's cluster side, assembled: membership, peer connections, the ring, coordination,
+hinted handoff and tombstone collection; and the keyspace API the client protocols use.
+
+L{ClusterRuntime} is built from plain parameters (the node service maps C{NodeConfig} onto
+them) and has L{ClusterRuntime.start} / L{ClusterRuntime.stop}. It listens nowhere itself:
+the caller serves L{ClusterRuntime.server_factory} on the peer port (or, in tests, on a
+L{twistkv.testing.SimulatedNetwork} address).
+
+Ring membership versus liveness
+-------------------------------
+
+As in Dynamo, the ring changes only when a node joins or leaves, never when it fails: a node
+enters the ring when membership first hears of it (ALIVE, SUSPECT or even DEAD, as learnt from
+a peer's full view) and leaves it only when it announced LEFT. A node that crashes keeps its
+vnodes, even after SWIM forgets it (C{dead_forget_timeout}, an hour by default): writes meant
+for it go to stand-ins as hints, and it gets them back when it returns. Rebuilding the ring on
+every failure would instead move ranges to nodes that hold none of their data, make quorum
+reads miss acknowledged writes, and stream data back and forth on every flap. Liveness (ALIVE
+or SUSPECT) only decides routing: whom to contact, and whom to hint for.
+
+For the same reason L{ClusterRuntime.stop} does not announce LEFT: a stopped node is expected
+back (restart, upgrade), and peers treat it like a crashed one. Leaving for good
+(decommissioning) must first hand the node's ranges over, which is the rebalancing issue's job.
+
+The ring's members and their addresses are kept in the store (C{b"mring/<node>"}), so a
+restarted node starts with the full ring and rejoins through the members it knew, even when
+it was started without seeds (the first node of a cluster usually is). Without that, it
+would come back with a ring of one, and until gossip reached it, it would acknowledge writes
+stored only on itself.
+
+test-case-name: tests.node.test_cluster_sim
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    FirstError,
+    fail,
+    gatherResults,
+    succeed,
+)
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twistkv.core import membership as swim
+from twistkv.core.membership import MemberEvent, Membership, MembershipConfig, MemberState
+from twistkv.core.peerwire import Frame, HandshakeConfig
+from twistkv.core.quorum import ConsistencyLevel
+from twistkv.core.record import Version, live_value
+from twistkv.core.ring import DEFAULT_VNODES_PER_NODE, Ring
+from twistkv.core.versioning import HybridLogicalClock
+from twistkv.node.coordinator import REPLICA_VERBS, Coordinator, HintDelivery, ReadResult
+from twistkv.node.gossip import MembershipService
+from twistkv.node.peer import (
+    EndpointFactory,
+    PeerClientPool,
+    PeerLimits,
+    PeerServerFactory,
+    VerbRouter,
+)
+from twistkv.node.replica import HintStore, ReplicaStore
+from twistkv.storage.errors import StorageError
+
+if TYPE_CHECKING:
+    from twistkv.node.durability import GroupCommitter
+    from twistkv.storage.interface import OrderedStore
+
+__all__ = [
+    "KEEP_TTL",
+    "RING_PREFIX",
+    "ClusterKeyspace",
+    "ClusterOptions",
+    "ClusterRuntime",
+    "NotSupported",
+]
+
+_log = Logger()
+
+#: Sentinel expiry for L{ClusterKeyspace.set}: keep the key's current expiry (SET KEEPTTL);
+#: the same value as C{twistkv.node.keyspace.KEEP_TTL}.
+KEEP_TTL = -1
+
+#: Member states in which a node is contacted; DEAD nodes stay in the ring but get hints.
+_ROUTABLE = frozenset({MemberState.ALIVE, MemberState.SUSPECT})
+#: Member states that put a node in the ring (everything but LEFT).
+_IN_RING = frozenset({MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD})
+#: Store prefix of the persisted ring: node id -> peer address.
+RING_PREFIX = b"mring/"
+_RING_END = b"mring0"
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Replication and housekeeping settings; the defaults are the cluster issue's.
+
+    Times are in seconds. C{tombstone_grace} must exceed C{hint_max_age}: a tombstone
+    collected while a hint still carries the value it deleted would let handoff resurrect it.
+    """
+
+    n: int = 3
+    r: int = 2
+    w: int = 2
+    request_timeout: float = 2.0
+    #: Seconds one replica may take before its slot fails over; None = request_timeout / 2.
+    replica_timeout: float | None = None
+    vnodes_per_node: int = DEFAULT_VNODES_PER_NODE
+    hint_max_count: int = 100_000
+    hint_max_bytes: int = 256 * 1024 * 1024
+    hint_max_age: float = 3 * 3600.0
+    hint_interval: float = 1.0
+    hint_batch: int = 64
+    tombstone_grace: float = 10 * 24 * 3600.0
+    gc_interval: float = 1.0
+    gc_batch: int = 1000
+    peer_connect_timeout: float = 5.0
+    peer_request_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or not 1 <= self.r <= self.n or not 1 <= self.w <= self.n:
+            raise ValueError(f"need 1 <= R, W <= N, got N={self.n} R={self.r} W={self.w}")
+        if not self.tombstone_grace > self.hint_max_age:
+            raise ValueError("tombstone_grace must exceed hint_max_age")
+        for name in ("request_timeout", "hint_interval", "gc_interval", "hint_max_age"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+
+
+class ClusterRuntime:
+    """Everything a node needs to take part in the cluster; see the module docstring.
+
+    @param peer_address: the C{host:port} other nodes dial for this one (advertised in
+        HELLO and membership).
+    @param store: the node's store, shared with anything else under other prefixes.
+    @param committer: the node's group committer for C{store}.
+    @param rng: handshake nonces, SWIM randomness, backoff jitter; C{SystemRandom} by default.
+        Tests pass a seeded C{random.Random}.
+    @param endpoint_factory: how the peer pool dials; tests pass a simulated network's.
+    @param hlc: the node's clock, if the node already has one (it is then trusted to be
+        seeded from the stored data); by default one is created at L{start}, seeded from the
+        newest timestamp in the replica and hint stores.
+    @param incarnation: SWIM incarnation to start at (above the last one announced).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        peer_address: str,
+        *,
+        reactor: IReactorTime,
+        store: OrderedStore,
+        committer: GroupCommitter,
+        seeds: Sequence[str] = (),
+        cluster_name: str = "twistkv",
+        secret: bytes | None = None,
+        options: ClusterOptions = ClusterOptions(),
+        membership_config: MembershipConfig | None = None,
+        rng: random.Random | None = None,
+        endpoint_factory: EndpointFactory | None = None,
+        hlc: HybridLogicalClock | None = None,
+        incarnation: int = 0,
+        metadata: Mapping[str, str] | None = None,
+        peer_limits: PeerLimits | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.peer_address = peer_address
+        self.options = options
+        self._reactor = reactor
+        self._own_hlc = hlc is None
+        rng = rng if rng is not None else random.SystemRandom()
+        peer_limits = peer_limits if peer_limits is not None else PeerLimits()
+        membership_config = (
+            membership_config if membership_config is not None else MembershipConfig()
+        )
+        handshake = HandshakeConfig(cluster_name, node_id, peer_address, secret)
+        self.router = VerbRouter()
+        self.pool = PeerClientPool(
+            reactor, handshake, self.router, rng,
+            connect_timeout=options.peer_connect_timeout,
+            request_timeout=options.peer_request_timeout,
+            endpoint_factory=endpoint_factory, limits=peer_limits,
+        )
+        self.server_factory = PeerServerFactory(reactor, handshake, self.router, rng, peer_limits)
+        self.membership = Membership(
+            node_id, peer_address, membership_config, rng, reactor.seconds(),
+            metadata=metadata, incarnation=incarnation,
+        )
+        self._store = store
+        self._committer = committer
+        #: Ring members persisted by an earlier run: node id -> last known peer address.
+        self._known: dict[str, str] = {
+            db_key[len(RING_PREFIX):].decode("utf-8"): raw.decode("utf-8")
+            for db_key, raw in store.iterate(RING_PREFIX, _RING_END)
+        }
+        self._known.pop(node_id, None)
+        join_through = list(dict.fromkeys([*seeds, *sorted(self._known.values())]))
+        self.membership_service = MembershipService(
+            reactor, self.membership, self.pool, join_through
+        )
+        self.router.route(swim.VERBS, self.membership_service.handle)
+        self.replica = ReplicaStore(
+            store, committer, self.now_ms,
+            tombstone_grace_ms=int(options.tombstone_grace * 1000),
+        )
+        self.hints = HintStore(
+            store, committer, self.now_ms, max_count=options.hint_max_count,
+            max_bytes=options.hint_max_bytes, max_age_ms=int(options.hint_max_age * 1000),
+        )
+        self._ring = Ring([node_id, *self._known], options.vnodes_per_node)
+        self.coordinator = Coordinator(
+            node_id, replica=self.replica, hints=self.hints, pool=self.pool,
+            ring_provider=lambda: self._ring, alive_provider=self.is_alive,
+            address_provider=self.address_of, reactor=reactor,
+            hlc=hlc if hlc is not None else HybridLogicalClock(),
+            n=options.n, default_r=options.r, default_w=options.w,
+            request_timeout=options.request_timeout, replica_timeout=options.replica_timeout,
+            ready_provider=lambda: self.membership.joined,
+        )
+        self.router.route(REPLICA_VERBS, self.coordinator.handle)
+        self.router.route(("STATS",), self._answer_stats)
+        self.delivery = HintDelivery(
+            reactor, node_id, self.hints, self.pool, self.address_of, self.is_alive,
+            interval=options.hint_interval, batch=options.hint_batch,
+            request_timeout=options.peer_request_timeout,
+        )
+        self.keyspace = ClusterKeyspace(self.coordinator)
+        self._gc = LoopingCall(self._collect_garbage)
+        self._gc.clock = reactor
+        self._unsubscribe: Callable[[], None] | None = None
+        self.running = False
+
+    # -- views -----------------------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        """Wall-clock milliseconds from the reactor."""
+        return int(self._reactor.seconds() * 1000)
+
+    @property
+    def ring(self) -> Ring:
+        """The current ring: every member not known to have left."""
+        return self._ring
+
+    def is_alive(self, node_id: str) -> bool:
+        """Whether requests should go to C{node_id} (ALIVE or SUSPECT in our view)."""
+        if node_id == self.node_id:
+            return True
+        member = self.membership.get(node_id)
+        return member is not None and member.state in _ROUTABLE
+
+    def address_of(self, node_id: str) -> str | None:
+        """The peer address membership knows for C{node_id} (else the persisted one)."""
+        member = self.membership.get(node_id)
+        return member.address if member is not None else self._known.get(node_id)
+
+    def stats(self) -> dict[str, int]:
+        """Every cluster counter and gauge, flat, for INFO, /metrics and STATS.
+
+        Names are stable: C{read_repairs}, C{hints_stored}, C{hints_delivered}, ... (see the
+        source for the list); counters only grow, C{*_stored}/C{*_bytes}/C{ring_nodes} are
+        gauges.
+        """
+        coordinator = self.coordinator.stats
+        hints = self.hints.stats
+        replica = self.replica.stats
+        delivery = self.delivery.stats
+        return {
+            "reads": coordinator.reads,
+            "writes": coordinator.writes,
+            "reads_unavailable": coordinator.reads_unavailable,
+            "writes_unavailable": coordinator.writes_unavailable,
+            "read_repairs": coordinator.read_repairs,
+            "read_repair_failures": coordinator.read_repair_failures,
+            "hinted_acks": coordinator.hinted_acks,
+            "coordinator_hints": coordinator.coordinator_hints,
+            "hints_accepted": coordinator.hints_accepted,
+            "hints_stored": hints.stored,
+            "hints_bytes": hints.bytes,
+            "hints_added": hints.added,
+            "hints_merged": hints.merged,
+            "hints_delivered": hints.delivered,
+            "hints_dropped_full": hints.dropped_full,
+            "hints_dropped_expired": hints.dropped_expired,
+            "hints_rejected": hints.rejected,
+            "hint_delivery_attempts": delivery.attempts,
+            "hint_delivery_failures": delivery.failures,
+            "replica_records": replica.records,
+            "replica_writes_applied": replica.applied,
+            "replica_writes_unchanged": replica.unchanged,
+            "tombstones_collected": replica.collected,
+            "ring_nodes": len(self._ring),
+        }
+
+    def _answer_stats(self, peer_node_id: str, frame: Frame) -> Frame:
+        """STATS (§5.4): this node's cluster counters as JSON, for RING and the dashboard."""
+        return Frame("VAL", 0, {}, json.dumps(self.stats(), sort_keys=True).encode())
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the local stores, join through the seeds, start handoff and collection."""
+        newest = max(self.replica.load(), self.hints.load())
+        if self._own_hlc and newest > self.coordinator.hlc.last:
+            self.coordinator.hlc = HybridLogicalClock(last=newest)
+        self._unsubscribe = self.membership_service.subscribe(self._member_changed)
+        self.running = True
+        self.membership_service.startService()
+        self.delivery.start()
+        self._gc.start(self.options.gc_interval, now=False).addErrback(
+            lambda f: _log.failure("tombstone collection failed", f)
+        )
+
+    def stop(self) -> Deferred[None]:
+        """Stop the chores and membership, close peer connections; fires when closed.
+
+        Does not announce LEFT (see the module docstring): peers will see this node as
+        failed, keep its ranges, and hold hints for it until it returns.
+        """
+        if not self.running:
+            return succeed(None)
+        self._stop_chores()
+        self.membership_service.halt()
+        closing = DeferredList(
+            [self.pool.close(), self.server_factory.close_connections()], consumeErrors=True
+        )
+        return closing.addCallback(lambda _: None)
+
+    def halt(self) -> None:
+        """Stop everything at once without telling anyone, as a crash would (for tests)."""
+        if not self.running:
+            return
+        self._stop_chores()
+        self.membership_service.halt()
+
+    def _stop_chores(self) -> None:
+        self.running = False
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self.coordinator.shutdown()
+        self.delivery.stop()
+        if self._gc.running:
+            self._gc.stop()
+
+    # -- membership -> ring ----------------------------------------------------------------
+
+    def _member_changed(self, event: MemberEvent) -> None:
+        node = event.node_id
+        if node == self.node_id:
+            return
+        if event.new_state is None:
+            return  # forgotten by SWIM: still a ring member, see the module docstring
+        if event.new_state in _IN_RING:
+            if node not in self._ring:
+                _log.info("Ring: {node} joins", node=node)
+            self._ring = self._ring.with_node(node)
+            member = self.membership.get(node)
+            if member is not None and self._known.get(node) != member.address:
+                self._known[node] = member.address
+                self._persist(node, member.address)
+            if event.new_state is MemberState.ALIVE:
+                self.delivery.poke()
+        elif node in self._ring:
+            _log.info("Ring: {node} left the cluster", node=node)
+            self._ring = self._ring.without_node(node)
+            self._known.pop(node, None)
+            self._persist(node, None)
+
+    def _persist(self, node: str, address: str | None) -> None:
+        """Record a ring change; not waited for: a lost one is relearnt by gossip."""
+        value = None if address is None else address.encode("utf-8")
+        try:
+            self._committer.commit([(RING_PREFIX + node.encode("utf-8"), value)])
+        except StorageError as error:
+            _log.warn("Cannot persist the ring change for {node}: {error}", node=node,
+                      error=str(error))
+
+    def _collect_garbage(self) -> None:
+        self.replica.collect_garbage(self.options.gc_batch)
+
+
+# -- the keyspace API -----------------------------------------------------------------------
+
+
+class NotSupported(Exception):
+    """The command has no cluster-mode implementation (yet)."""
+
+
+class ClusterKeyspace:
+    """L{twistkv.node.keyspace.LocalKeyspace}'s operations, replicated: every method that
+    touches data returns a Deferred and takes a per-call C{consistency} (None = the cluster's
+    default R or W). Failures are L{twistkv.node.coordinator.QuorumUnavailable} and
+    L{twistkv.node.coordinator.KeyTooLong}.
+
+    Differences from the local keyspace, documented in docs/consistency.md:
+     - C{set_many} (MSET) writes each key independently: not atomic across keys.
+     - Read-modify-write commands (C{delete}, C{set_expiry}, C{KEEP_TTL}) read at the given
+       consistency, then write with the read's context, so they resolve siblings; they are
+       not isolated from a concurrent writer (that one becomes a sibling, never lost).
+     - C{key_count}, C{scan} and C{iter_keys} see this node's replica only.
+     - Expired values are invisible at once; the replica's collector removes them after the
+       tombstone grace period, so C{expire_due} has nothing to do.
+    """
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+        self.expired_keys = 0
+
+    def now_ms(self) -> int:
+        """Wall-clock milliseconds from the reactor."""
+        return self._coordinator.now_ms()
+
+    def at(self, consistency: ConsistencyLevel | None) -> ClusterKeyspace | ConsistencyView:
+        """This keyspace with reads and writes at C{consistency} (None = the defaults)."""
+        return self if consistency is None else ConsistencyView(self, consistency)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def record(self, key: bytes, consistency: ConsistencyLevel | None = None
+               ) -> Deferred[ReadResult]:
+        """Every version the key has across its replicas (for VERSIONS), waiting for all
+        replicas that answer before the deadline."""
+        return self._coordinator.get(key, consistency, wait_for_all=True)
+
+    def get(self, key: bytes, consistency: ConsistencyLevel | None = None
+            ) -> Deferred[Version | None]:
+        """The live last-writer version of C{key}, or None when absent, deleted or expired."""
+        now = self.now_ms
+        return self._coordinator.get(key, consistency).addCallback(
+            lambda result: result.live(now())
+        )
+
+    def exists(self, key: bytes, consistency: ConsistencyLevel | None = None
+               ) -> Deferred[bool]:
+        """Whether C{key} holds a live value."""
+        return self.get(key, consistency).addCallback(lambda version: version is not None)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def set(self, key: bytes, value: bytes, expires_at_ms: int = 0,
+            consistency: ConsistencyLevel | None = None) -> Deferred[None]:
+        """Store C{value} (a blind write); C{expires_at_ms} 0 = no expiry, KEEP_TTL = keep."""
+        coordinator = self._coordinator
+        if expires_at_ms != KEEP_TTL:
+            return coordinator.put(key, value, consistency, expires_at_ms).addCallback(_none)
+
+        def keep(result: ReadResult) -> Deferred[None]:
+            current = result.live(self.now_ms())
+            expiry = current.expires_at_ms if current is not None else 0
+            return coordinator.put(key, value, consistency, expiry, result.context
+                                   ).addCallback(_none)
+
+        return coordinator.get(key, consistency).addCallback(keep)
+
+    def set_many(self, pairs: Sequence[tuple[bytes, bytes]],
+                 consistency: ConsistencyLevel | None = None) -> Deferred[None]:
+        """Store several keys, each replicated independently (not atomic across keys)."""
+        latest = dict(pairs)
+        writes = [self._coordinator.put(k, v, consistency) for k, v in latest.items()]
+        return _all(writes).addCallback(_none)
+
+    def delete(self, keys: Sequence[bytes], consistency: ConsistencyLevel | None = None
+               ) -> Deferred[int]:
+        """Write tombstones for the keys that hold a live value; fires with how many did."""
+        coordinator = self._coordinator
+
+        def one(key: bytes) -> Deferred[int]:
+            def decide(result: ReadResult) -> Deferred[int] | int:
+                if result.live(self.now_ms()) is None:
+                    return 0
+                return coordinator.delete(key, consistency, result.context).addCallback(
+                    lambda _: 1)
+            return coordinator.get(key, consistency).addCallback(decide)
+
+        unique = list(dict.fromkeys(keys))
+        return _all([one(key) for key in unique]).addCallback(lambda counts: sum(counts))
+
+    def set_expiry(self, key: bytes, expires_at_ms: int,
+                   consistency: ConsistencyLevel | None = None) -> Deferred[bool]:
+        """Change the expiry of a live key (0 = persist); fires with whether it existed."""
+        coordinator = self._coordinator
+
+        def change(result: ReadResult) -> Deferred[bool] | bool:
+            now = self.now_ms()
+            current = result.live(now)
+            if current is None:
+                return False
+            if expires_at_ms and expires_at_ms <= now:
+                return coordinator.delete(key, consistency, result.context).addCallback(
+                    lambda _: True)
+            return coordinator.put(key, current.value, consistency, expires_at_ms,
+                                   result.context).addCallback(lambda _: True)
+
+        return coordinator.get(key, consistency).addCallback(change)
+
+    def flush(self) -> Deferred[None]:
+        """FLUSHDB is refused in cluster mode: it would need a tombstone for every key."""
+        return fail(NotSupported("FLUSHDB is not supported in cluster mode"))
+
+    # -- local views -----------------------------------------------------------------------
+
+    def key_count(self) -> int:
+        """Records on this node's replica (tombstones included): an approximation of DBSIZE."""
+        return self._coordinator.replica.stats.records
+
+    def scan(self, after: bytes | None, count: int,
+             match: Callable[[bytes], bool] | None = None
+             ) -> tuple[list[bytes], bytes | None]:
+        """Like L{LocalKeyspace.scan}, over this node's replica only."""
+        now = self.now_ms()
+        keys: list[bytes] = []
+        last: bytes | None = None
+        examined = 0
+        start = None if after is None else after + b"\x00"
+        for key, record in self._coordinator.replica.iterate(start):
+            last = key
+            examined += 1
+            if live_value(record, now) is not None and (match is None or match(key)):
+                keys.append(key)
+            if examined >= count:
+                return keys, last
+        return keys, None
+
+    def iter_keys(self, match: Callable[[bytes], bool] | None = None) -> Iterator[bytes]:
+        """Every live key on this node's replica, in order."""
+        now = self.now_ms()
+        for key, record in self._coordinator.replica.iterate():
+            if (match is None or match(key)) and live_value(record, now) is not None:
+                yield key
+
+    def expire_due(self, limit: int | None = 200) -> int:
+        """Nothing to do: expired versions are collected with tombstones (see class doc)."""
+        return 0
+
+    def keys_with_expiry(self) -> int:
+        """Not tracked in cluster mode."""
+        return 0
+
+
+def _none(_: object) -> None:
+    return None
+
+
+def _all(deferreds: Sequence[Deferred[Any]]) -> Deferred[list[Any]]:
+    """Fire with every result, or fail with the first failure (its error, unwrapped)."""
+    gathered: Deferred[list[Any]] = gatherResults(list(deferreds), consumeErrors=True)
+
+    def unwrap(failure: Failure) -> Failure:
+        error = failure.value
+        return error.subFailure if isinstance(error, FirstError) else failure
+
+    return gathered.addErrback(unwrap)
+
+
+class ConsistencyView:
+    """A L{ClusterKeyspace} bound to one consistency level (a connection's CONSISTENCY).
+
+    The data methods get the level as their C{consistency} argument; everything else
+    (key counts, expiry housekeeping, the clock) is the keyspace's own.
+    """
+
+    _BOUND = frozenset({"record", "get", "exists", "set", "set_many", "delete", "set_expiry"})
+
+    def __init__(self, keyspace: ClusterKeyspace, consistency: ConsistencyLevel) -> None:
+        self._keyspace = keyspace
+        self.consistency = consistency
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._keyspace, name)
+        if name in self._BOUND:
+            return partial(attribute, consistency=self.consistency)
+        return attribute
+
+    def at(self, consistency: ConsistencyLevel | None) -> ClusterKeyspace | ConsistencyView:
+        return self._keyspace.at(consistency)

@@ -1,0 +1,964 @@
+"""Dynamo-style request coordination on the reactor: quorum reads and writes, sloppy quorum,
+read repair, hinted handoff, and the replica side of the peer verbs.
+
+Any node coordinates any key. The decisions are made by the sans-IO pieces:
+
+ - L{twistkv.core.quorum.WriteCoordination} / L{ReadCoordination} decide when W acks or R
+   replies make a request succeed, and which replicas a read found stale;
+ - L{twistkv.core.replication} mints write versions, merges and reconciles them, and picks
+   sloppy-quorum stand-ins.
+
+This module only sends frames, applies local writes in-process (no network hop to self), and
+runs timers. What each outcome means for a user's data is written down in
+C{docs/consistency.md}; the frames are C{docs/peer-protocol.md} §5.2.
+
+Sloppy quorum, as implemented here
+----------------------------------
+
+A write goes to one target per owner of the key's preference list. An owner the failure
+detector believes down, or whose request fails or times out (after C{replica_timeout}, well
+inside the request's deadline), is replaced by the next live fallback node of the ring, which
+receives the write with C{hint_for=<owner>}, keeps it durably in its L{HintStore}, and acks; its
+ack counts towards W (Dynamo). When no fallback is left (a cluster of exactly N nodes has
+none), the coordinator itself keeps a hint for the owner. That hint does not count towards W,
+since the coordinator's node is already counted once, but it guarantees that the owner gets
+the write when it is back. L{HintDelivery} sends hints to owners that are alive again and
+deletes them once acknowledged.
+
+test-case-name: tests.node.test_coordinator
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twistkv.core.peerwire import (
+    Frame,
+    PeerProtocolError,
+    error_frame,
+    quote,
+    unquote,
+    unquote_text,
+)
+from twistkv.core.quorum import (
+    ConsistencyLevel,
+    ReadCoordination,
+    Replica,
+    Status,
+    WriteCoordination,
+)
+from twistkv.core.record import (
+    CorruptRecordError,
+    Record,
+    Version,
+    decode_record,
+    encode_record,
+    live_value,
+)
+from twistkv.core.replication import (
+    context_clock,
+    new_version,
+    next_stand_in,
+    plan_write_targets,
+    reconcile_versions,
+    replica_is_stale,
+    required_replies,
+)
+from twistkv.core.ring import Ring
+from twistkv.core.versioning import ClockSkewError, HybridLogicalClock, VectorClock
+from twistkv.node.peer import PeerBusy, PeerRefused, PeerTimeout, PeerUnavailable
+from twistkv.node.replica import Hint, HintRejected, HintStore, ReplicaStore
+from twistkv.storage.errors import StorageError
+
+__all__ = [
+    "MAX_KEY_BYTES",
+    "REPLICA_VERBS",
+    "Coordinator",
+    "CoordinatorStats",
+    "HintDelivery",
+    "HintDeliveryStats",
+    "KeyTooLong",
+    "PeerRequester",
+    "QuorumUnavailable",
+    "ReadResult",
+]
+
+_log = Logger()
+
+#: Longest key accepted (docs/peer-protocol.md §2): checked before any replica is contacted.
+MAX_KEY_BYTES = 16 * 1024
+
+#: The peer verbs L{Coordinator.handle} serves; route them to it on the node's VerbRouter.
+REPLICA_VERBS = ("PUT", "GET", "DEL", "HINT")
+
+
+class PeerRequester(Protocol):
+    """What the coordinator needs of L{twistkv.node.peer.PeerClientPool}."""
+
+    def request(
+        self, address: str, frame: Frame, timeout: float | None = None
+    ) -> Deferred[Frame]: ...
+
+
+# -- errors and results ---------------------------------------------------------------------
+
+
+class KeyTooLong(ValueError):
+    """The client's key exceeds L{MAX_KEY_BYTES}: the client's fault, nothing was sent."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__(f"key of {length} bytes exceeds the limit of {MAX_KEY_BYTES} bytes")
+        self.length = length
+
+
+class QuorumUnavailable(Exception):
+    """A read or write could not reach its required replicas before its deadline.
+
+    The message is the client-facing error (RESP sends it as C{-UNAVAILABLE ...}); its exact
+    wording and what it means for the data are specified in C{docs/consistency.md}.
+
+    @ivar acks: replicas that acknowledged (write) or answered (read).
+    @ivar required: how many were needed.
+    @ivar replicas_tried: every node contacted (or read locally), sorted.
+    @ivar detail: node -> why it did not count (C{unreachable}, C{timed out}, ...).
+    """
+
+    def __init__(
+        self,
+        operation: str,
+        acks: int,
+        required: int,
+        replicas_tried: Sequence[str],
+        detail: Mapping[str, str],
+        *,
+        note: str | None = None,
+    ) -> None:
+        self.operation = operation
+        self.acks = acks
+        self.required = required
+        self.replicas_tried = tuple(replicas_tried)
+        self.detail: Mapping[str, str] = MappingProxyType(dict(detail))
+        self.note = note
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        reasons = self.note or ", ".join(
+            f"{node} {reason}" for node, reason in sorted(self.detail.items())
+        )
+        head = (
+            f"UNAVAILABLE {self.operation} reached {self.acks} of {self.required} required "
+            f"replicas"
+        )
+        if reasons:
+            head += f" ({reasons})"
+        if self.note is not None:
+            return head + "; nothing was sent, retry later or through another node"
+        if self.operation == "read":
+            return head + "; nothing was changed, retry or read at a lower consistency level"
+        if self.acks:
+            return head + (
+                "; the value may exist on the replicas that acknowledged and will spread by "
+                "read repair/hints"
+            )
+        return head + (
+            "; no replica acknowledged, but the value may still reach replicas that did not "
+            "answer in time"
+        )
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """A quorum read: the reconciled siblings and what each replica answered.
+
+    @ivar versions: the surviving versions (siblings), newest first: element 0 is the
+        last-writer winner a plain GET returns. Deleted and expired versions are included.
+    @ivar replies: replica -> the versions it returned, for every replica that had answered
+        when the read was answered (all of them with C{wait_for_all}); for C{VERSIONS}.
+    @ivar failures: replica -> why it did not answer, for those that failed by then.
+    """
+
+    key: bytes
+    versions: tuple[Version, ...]
+    replies: Mapping[str, tuple[Version, ...]]
+    failures: Mapping[str, str]
+
+    @property
+    def winner(self) -> Version | None:
+        """The last-writer winner, live or not; None when no replica holds the key."""
+        return self.versions[0] if self.versions else None
+
+    def live(self, now_ms: int) -> Version | None:
+        """The version a plain GET returns at C{now_ms}: None when deleted, expired or absent."""
+        return live_value(Record(self.versions), now_ms)
+
+    @property
+    def context(self) -> VectorClock:
+        """The causal context to write back with: the merge of every sibling's clock.
+
+        A write carrying it supersedes all the siblings read, which is how they are resolved
+        (the winner's clock alone would leave the other siblings standing).
+        """
+        return context_clock(self.versions)
+
+
+@dataclass
+class CoordinatorStats:
+    """Counters for metrics; they only grow."""
+
+    reads: int = 0
+    writes: int = 0
+    reads_unavailable: int = 0
+    writes_unavailable: int = 0
+    #: Stale replicas sent the reconciled record after a read, and acknowledged it.
+    read_repairs: int = 0
+    read_repair_failures: int = 0
+    #: Write acks that came from a stand-in holding a hint (sloppy quorum).
+    hinted_acks: int = 0
+    #: Hints this coordinator kept for an owner no stand-in could take.
+    coordinator_hints: int = 0
+    #: Replica requests served for peers, by verb.
+    served: dict[str, int] = field(default_factory=dict)
+    #: Hints accepted as a stand-in for peers' writes.
+    hints_accepted: int = 0
+
+
+# -- in-flight request state ----------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Write:
+    id: int
+    key: bytes
+    version: Version
+    verb: str
+    payload: bytes
+    required: int
+    deadline: float
+    fallbacks: tuple[str, ...]
+    #: owner -> the target currently standing for it.
+    slots: dict[str, Replica]
+    coordination: WriteCoordination
+    result: Deferred[Version]
+    acked: dict[str, Replica] = field(default_factory=dict)
+    #: Targets whose slot is exhausted (no stand-in left): counted as refusals.
+    nacked: dict[str, str] = field(default_factory=dict)
+    #: Node -> why it did not ack, for the error message.
+    reasons: dict[str, str] = field(default_factory=dict)
+    tried: set[str] = field(default_factory=set)
+    timer: IDelayedCall | None = None
+    expired: bool = False
+
+
+@dataclass(eq=False)
+class _Read:
+    key: bytes
+    coordination: ReadCoordination[Version]
+    result: Deferred[ReadResult]
+    wait_for_all: bool
+    tried: set[str] = field(default_factory=set)
+    timer: IDelayedCall | None = None
+    repaired: bool = False
+
+
+def _describe(failure: Failure | BaseException) -> str:
+    """A short reason for a failed replica request, for error messages."""
+    error = failure.value if isinstance(failure, Failure) else failure
+    if isinstance(error, PeerTimeout):
+        return "timed out"
+    if isinstance(error, PeerUnavailable):
+        return "unreachable"
+    if isinstance(error, PeerBusy):
+        return "busy"
+    if isinstance(error, PeerRefused):
+        return f"refused ({error.code})"
+    if isinstance(error, StorageError):
+        return "storage error"
+    if isinstance(error, HintRejected):
+        return "refused (overloaded)"
+    return f"failed ({error})"
+
+
+def _nack(reason: str, message: str) -> Frame:
+    return Frame("NACK", 0, {"reason": reason, "message": quote(message)})
+
+
+def _ack(_: object = None) -> Frame:
+    return Frame("ACK", 0)
+
+
+# -- the coordinator ------------------------------------------------------------------------
+
+
+class Coordinator:
+    """Coordinates reads and writes for any key, and serves the replica verbs for peers.
+
+    @param ring_provider: the current ring (membership changes replace it).
+    @param alive_provider: whether a node is believed up (ALIVE or SUSPECT); only routing
+        depends on it, never ring membership.
+    @param address_provider: a node's peer address, or None if unknown.
+    @param ready_provider: False until this node has joined the cluster. Coordinating with a
+        ring that holds only ourselves would acknowledge writes stored on one node.
+    @param request_timeout: seconds a client request may take before it fails UNAVAILABLE.
+    @param replica_timeout: seconds one replica may take before its slot fails over to a
+        stand-in, when one is available (else it has until the deadline); defaults to half
+        the request timeout, so the stand-in has time to ack.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        replica: ReplicaStore,
+        hints: HintStore,
+        pool: PeerRequester,
+        ring_provider: Callable[[], Ring],
+        alive_provider: Callable[[str], bool],
+        address_provider: Callable[[str], str | None],
+        reactor: IReactorTime,
+        hlc: HybridLogicalClock,
+        n: int = 3,
+        default_r: int = 2,
+        default_w: int = 2,
+        request_timeout: float = 2.0,
+        replica_timeout: float | None = None,
+        ready_provider: Callable[[], bool] = lambda: True,
+    ) -> None:
+        if n < 1 or not 1 <= default_r <= n or not 1 <= default_w <= n:
+            raise ValueError(f"need 1 <= R, W <= N, got N={n} R={default_r} W={default_w}")
+        if not request_timeout > 0:
+            raise ValueError("request_timeout must be positive")
+        self.node_id = node_id
+        self.replica = replica
+        self.hints = hints
+        self._pool = pool
+        self._ring = ring_provider
+        self._alive = alive_provider
+        self._address = address_provider
+        self._ready = ready_provider
+        self._reactor = reactor
+        self.hlc = hlc
+        self.n = n
+        self.default_r = default_r
+        self.default_w = default_w
+        self.request_timeout = request_timeout
+        self.replica_timeout = (
+            request_timeout / 2 if replica_timeout is None else min(replica_timeout,
+                                                                    request_timeout)
+        )
+        self.stats = CoordinatorStats()
+        self._ids = itertools.count(1)
+        self._stopped = False
+
+    def shutdown(self) -> None:
+        """Refuse new requests and peer writes; requests in flight finish without failover.
+
+        Called when the node stops (or, in tests, crashes) so that a stopped node's timers
+        cannot keep writing hints into its store.
+        """
+        self._stopped = True
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def now_ms(self) -> int:
+        """Wall-clock milliseconds from the reactor."""
+        return int(self._reactor.seconds() * 1000)
+
+    def _is_alive(self, node: str) -> bool:
+        return node == self.node_id or self._alive(node)
+
+    def _check_key(self, key: bytes) -> None:
+        if len(key) > MAX_KEY_BYTES:
+            raise KeyTooLong(len(key))
+
+    def _not_serving(self, operation: str, required: int, replicas: int) -> QuorumUnavailable | None:
+        """Why this node cannot coordinate now, or None if it can."""
+        if self._stopped:
+            note = "this node is shutting down"
+        elif not self._ready() or not replicas:
+            note = "this node has not joined the cluster yet"
+        else:
+            return None
+        return QuorumUnavailable(operation, 0, required, (), {}, note=note)
+
+    def _remaining(self, deadline: float) -> float:
+        return max(deadline - self._reactor.seconds(), 0.001)
+
+    def _mint(
+        self, key: bytes, value: bytes, expires_at_ms: int, context: VectorClock | None,
+        tombstone: bool,
+    ) -> Version:
+        """The new version: descends the context (default: what we hold locally)."""
+        local = self.replica.read(key)
+        versions = local.versions if local is not None else ()
+        clock = context_clock(versions) if context is None else context
+        wall = self.now_ms()
+        newest = max((v.hlc for v in versions), default=0)
+        try:
+            # Observing what we supersede makes the new write the LWW winner over it too.
+            ts = self.hlc.observe(newest, wall) if newest else self.hlc.tick(wall)
+        except ClockSkewError:
+            ts = self.hlc.tick(wall)
+        return new_version(clock, value, self.node_id, ts, expires_at_ms, tombstone)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def put(
+        self,
+        key: bytes,
+        value: bytes,
+        consistency: ConsistencyLevel | None = None,
+        expires_at_ms: int = 0,
+        context: VectorClock | None = None,
+    ) -> Deferred[Version]:
+        """Write C{value}; fires with the stored version once W replicas acknowledged.
+
+        @param consistency: None for the cluster's default W.
+        @param context: the clock the client read (L{ReadResult.context}); None means the
+            clocks this node holds for the key (a blind write; see docs/consistency.md).
+        @return: fails with L{QuorumUnavailable} or L{KeyTooLong}.
+        """
+        return self._write(key, value, consistency, expires_at_ms, context, tombstone=False)
+
+    def delete(
+        self,
+        key: bytes,
+        consistency: ConsistencyLevel | None = None,
+        context: VectorClock | None = None,
+    ) -> Deferred[Version]:
+        """Write a tombstone (a versioned delete); fires with it once W replicas acknowledged."""
+        return self._write(key, b"", consistency, 0, context, tombstone=True)
+
+    def _write(
+        self, key: bytes, value: bytes, consistency: ConsistencyLevel | None,
+        expires_at_ms: int, context: VectorClock | None, tombstone: bool,
+    ) -> Deferred[Version]:
+        try:
+            self._check_key(key)
+        except KeyTooLong as error:
+            return fail(error)
+        self.stats.writes += 1
+        ring = self._ring()
+        preference = ring.preference_list(key, self.n)
+        required = required_replies(consistency, max(len(preference), 1), self.default_w)
+        refusal = self._not_serving("write", required, len(preference))
+        if refusal is not None:
+            self.stats.writes_unavailable += 1
+            return fail(refusal)
+        version = self._mint(key, value, expires_at_ms, context, tombstone)
+        fallbacks = ring.fallback_nodes(key, self.n)
+        targets = plan_write_targets(preference, fallbacks, self._is_alive)
+        deadline = self._reactor.seconds() + self.request_timeout
+        write_id = next(self._ids)
+        write = _Write(
+            id=write_id, key=key, version=version, verb="DEL" if tombstone else "PUT",
+            payload=encode_record(Record((version,))), required=required, deadline=deadline,
+            fallbacks=fallbacks,
+            slots={(r.hinted_for or r.node): r for r in targets},
+            coordination=WriteCoordination(write_id, targets, required, deadline),
+            result=Deferred(),
+        )
+        for target in targets:
+            if target.hinted_for is not None:
+                write.reasons[target.hinted_for] = "down"
+        write.timer = self._reactor.callLater(self.request_timeout, self._write_deadline, write)
+        for target in targets:
+            self._send_write(write, target)
+        return write.result
+
+    def _send_write(self, write: _Write, target: Replica) -> None:
+        node = target.node
+        write.tried.add(node)
+        if node == self.node_id:
+            try:
+                if target.hinted_for is not None:
+                    wait = self.hints.add(target.hinted_for, write.key, (write.version,))
+                else:
+                    wait = self.replica.apply(write.key, (write.version,))
+            except (StorageError, HintRejected) as error:
+                self._write_failed(write, target, _describe(error))
+                return
+            if wait is None:
+                self._write_acked(write, target)
+            else:
+                wait.addCallbacks(
+                    lambda _: self._write_acked(write, target),
+                    lambda f: self._write_failed(write, target, _describe(f)),
+                )
+            return
+        address = self._address(node)
+        if address is None:
+            self._write_failed(write, target, "address unknown")
+            return
+        fields = {"key": quote(write.key)}
+        if target.hinted_for is not None:
+            fields["hint_for"] = quote(target.hinted_for)
+        frame = Frame(write.verb, 0, fields, write.payload)
+        timeout = self._remaining(write.deadline)
+        owner = target.hinted_for or node
+        used = write.tried | {r.node for r in write.slots.values()}
+        if next_stand_in(owner, write.fallbacks, used, self._is_alive) is not None:
+            # Give up early only if a stand-in can take over; otherwise a slow replica may
+            # still make the deadline.
+            timeout = min(self.replica_timeout, timeout)
+        request = self._pool.request(address, frame, timeout)
+        request.addCallbacks(
+            self._write_answer, self._write_error,
+            callbackArgs=(write, target), errbackArgs=(write, target),
+        )
+
+    def _write_answer(self, frame: Frame, write: _Write, target: Replica) -> None:
+        if frame.verb == "ACK":
+            self._write_acked(write, target)
+        else:
+            reason = frame.fields.get("reason", frame.verb.lower())
+            self._write_failed(write, target, f"refused ({reason})")
+
+    def _write_error(self, failure: Failure, write: _Write, target: Replica) -> None:
+        self._write_failed(write, target, _describe(failure))
+
+    def _write_acked(self, write: _Write, target: Replica) -> None:
+        if write.slots.get(target.hinted_for or target.node) != target:
+            return  # a replaced target answering late: the pool drops those, but be safe
+        write.acked[target.node] = target
+        write.reasons.pop(target.node, None)
+        if target.hinted_for is not None:
+            self.stats.hinted_acks += 1
+        write.coordination.on_ack(target.node)
+        self._settle_write(write)
+
+    def _write_failed(self, write: _Write, target: Replica, reason: str) -> None:
+        owner = target.hinted_for or target.node
+        if write.slots.get(owner) != target:
+            return
+        write.reasons[target.node] = reason
+        if self._stopped:
+            write.nacked[target.node] = reason
+            write.coordination.on_nack(target.node, reason)
+            self._settle_write(write)
+            return
+        if not write.expired:
+            used = write.tried | {r.node for r in write.slots.values()}
+            stand_in = next_stand_in(owner, write.fallbacks, used, self._is_alive)
+            if stand_in is not None:
+                replacement = Replica(stand_in, hinted_for=owner)
+                write.slots[owner] = replacement
+                self._rebuild(write)
+                self._send_write(write, replacement)
+                return
+        if owner != self.node_id and not (target.node == self.node_id and target.hinted_for):
+            self._keep_hint(owner, write)
+        write.nacked[target.node] = reason
+        write.coordination.on_nack(target.node, reason)
+        self._settle_write(write)
+
+    def _keep_hint(self, owner: str, write: _Write) -> None:
+        """Last resort: no stand-in took the owner's copy, so the coordinator keeps it."""
+        try:
+            self.hints.add(owner, write.key, (write.version,))
+        except (StorageError, HintRejected) as error:
+            _log.warn("Cannot keep a hint for {owner}: {error}", owner=owner, error=str(error))
+            return
+        self.stats.coordinator_hints += 1
+
+    def _rebuild(self, write: _Write) -> None:
+        """A slot moved to a stand-in: recount the replies against the new target set."""
+        coordination = WriteCoordination(
+            write.id, write.slots.values(), write.required, write.deadline
+        )
+        for node in write.acked:
+            coordination.on_ack(node)
+        for node, reason in write.nacked.items():
+            coordination.on_nack(node, reason)
+        write.coordination = coordination
+
+    def _write_deadline(self, write: _Write) -> None:
+        write.timer = None
+        write.expired = True
+        now = max(self._reactor.seconds(), write.deadline)
+        write.coordination.on_timeout(now)
+        self._settle_write(write)
+
+    def _settle_write(self, write: _Write) -> None:
+        outcome = write.coordination.outcome
+        if not write.result.called:
+            if outcome.status is Status.SUCCEEDED:
+                write.result.callback(write.version)
+            elif outcome.status is Status.FAILED:
+                self.stats.writes_unavailable += 1
+                detail = {n: r for n, r in write.reasons.items() if n not in write.acked}
+                for target in write.slots.values():
+                    if target.node not in write.acked and target.node not in detail:
+                        detail[target.node] = "timed out"
+                write.result.errback(QuorumUnavailable(
+                    "write", outcome.acks, write.required, sorted(write.tried), detail))
+        settled = len(write.acked) + len(write.nacked) >= len(write.slots)
+        if (settled or write.expired) and write.timer is not None and write.timer.active():
+            write.timer.cancel()
+            write.timer = None
+            write.expired = True
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(
+        self, key: bytes, consistency: ConsistencyLevel | None = None, *,
+        wait_for_all: bool = False,
+    ) -> Deferred[ReadResult]:
+        """Read C{key} from R replicas; fires with the reconciled L{ReadResult}.
+
+        Replies that arrive after the answer still count for read repair: once every replica
+        answered (or the deadline passed), those that returned something stale are sent the
+        reconciled record in the background.
+
+        @param wait_for_all: answer only once every replica answered or the deadline passed
+            (still succeeding with R), so that C{replies} shows every replica: for C{VERSIONS}.
+        @return: fails with L{QuorumUnavailable} or L{KeyTooLong}.
+        """
+        try:
+            self._check_key(key)
+        except KeyTooLong as error:
+            return fail(error)
+        self.stats.reads += 1
+        preference = self._ring().preference_list(key, self.n)
+        required = required_replies(consistency, max(len(preference), 1), self.default_r)
+        refusal = self._not_serving("read", required, len(preference))
+        if refusal is not None:
+            self.stats.reads_unavailable += 1
+            return fail(refusal)
+        deadline = self._reactor.seconds() + self.request_timeout
+        read = _Read(
+            key,
+            ReadCoordination(next(self._ids), preference, required, deadline,
+                             reconcile_versions, replica_is_stale),
+            Deferred(),
+            wait_for_all,
+        )
+        read.timer = self._reactor.callLater(self.request_timeout, self._read_deadline, read)
+        for node in preference:
+            if read.coordination.finished:
+                break
+            self._send_read(read, node, deadline)
+        self._settle_read(read)
+        return read.result
+
+    def _send_read(self, read: _Read, node: str, deadline: float) -> None:
+        coordination = read.coordination
+        if node == self.node_id:
+            read.tried.add(node)
+            try:
+                record = self.replica.read(read.key)
+            except (StorageError, CorruptRecordError) as error:
+                _log.error("Local read of {key!r} failed: {error}", key=read.key,
+                           error=str(error))
+                coordination.on_failure(node, "storage error")
+                return
+            coordination.on_reply(node, record.versions if record is not None else ())
+            return
+        address = self._address(node)
+        if not self._is_alive(node) or address is None:
+            coordination.on_failure(node, "down")
+            return
+        read.tried.add(node)
+        frame = Frame("GET", 0, {"key": quote(read.key)})
+        request = self._pool.request(address, frame, self._remaining(deadline))
+        request.addCallbacks(self._read_answer, self._read_error,
+                             callbackArgs=(read, node), errbackArgs=(read, node))
+
+    def _read_answer(self, frame: Frame, read: _Read, node: str) -> None:
+        if frame.verb != "VAL":
+            reason = frame.fields.get("reason", frame.verb.lower())
+            read.coordination.on_failure(node, f"refused ({reason})")
+        else:
+            try:
+                versions = decode_record(frame.payload).versions if frame.payload else ()
+            except CorruptRecordError as error:
+                _log.warn("Replica {node} sent a corrupt record: {error}", node=node,
+                          error=str(error))
+                read.coordination.on_failure(node, "sent a corrupt record")
+            else:
+                read.coordination.on_reply(node, versions)
+        self._settle_read(read)
+
+    def _read_error(self, failure: Failure, read: _Read, node: str) -> None:
+        read.coordination.on_failure(node, _describe(failure))
+        self._settle_read(read)
+
+    def _read_deadline(self, read: _Read) -> None:
+        read.timer = None
+        read.coordination.on_timeout(max(self._reactor.seconds(), read.coordination.deadline))
+        self._settle_read(read)
+
+    def _settle_read(self, read: _Read) -> None:
+        coordination = read.coordination
+        outcome = coordination.outcome
+        if not read.result.called:
+            if outcome.status is Status.SUCCEEDED and (
+                not read.wait_for_all or coordination.finished
+            ):
+                read.result.callback(ReadResult(
+                    read.key,
+                    tuple(coordination.reconciled),
+                    MappingProxyType({n: tuple(v) for n, v in coordination.replies.items()}),
+                    MappingProxyType(dict(coordination.failure_reasons)),
+                ))
+            elif outcome.status is Status.FAILED:
+                self.stats.reads_unavailable += 1
+                detail = dict(coordination.failure_reasons)
+                for replica in coordination.replicas:
+                    if replica.node not in detail and replica.node not in coordination.replies:
+                        detail[replica.node] = "timed out"
+                read.result.errback(QuorumUnavailable(
+                    "read", outcome.replies, coordination.required_replies,
+                    sorted(read.tried), detail))
+        if coordination.finished and not read.repaired:
+            read.repaired = True
+            if read.timer is not None and read.timer.active():
+                read.timer.cancel()
+            read.timer = None
+            self._repair(read)
+
+    def _repair(self, read: _Read) -> None:
+        """Send the reconciled record to every replica that answered something stale."""
+        coordination = read.coordination
+        reconciled = coordination.reconciled
+        if not reconciled:
+            return
+        targets = coordination.repair_targets
+        if not targets:
+            return
+        payload = encode_record(Record(tuple(reconciled)))
+        for target in targets:
+            node = target.node
+            if node == self.node_id:
+                try:
+                    wait = self.replica.apply(read.key, reconciled)
+                except StorageError:
+                    self.stats.read_repair_failures += 1
+                    continue
+                if wait is None:
+                    self.stats.read_repairs += 1
+                else:
+                    wait.addCallbacks(self._repaired, self._repair_failed, errbackArgs=(node,))
+                continue
+            address = self._address(node)
+            if address is None:
+                self.stats.read_repair_failures += 1
+                continue
+            frame = Frame("PUT", 0, {"key": quote(read.key)}, payload)
+            request = self._pool.request(address, frame, self.request_timeout)
+            request.addCallbacks(self._repaired, self._repair_failed, errbackArgs=(node,))
+
+    def _repaired(self, answer: object) -> None:
+        if isinstance(answer, Frame) and answer.verb != "ACK":
+            self.stats.read_repair_failures += 1
+        else:
+            self.stats.read_repairs += 1
+
+    def _repair_failed(self, failure: Failure, node: str) -> None:
+        self.stats.read_repair_failures += 1
+        _log.debug("Read repair of {node} failed: {error}", node=node,
+                   error=failure.getErrorMessage())
+
+    # -- the replica side: requests from peers ---------------------------------------------
+
+    def handle(self, peer_node_id: str, frame: Frame) -> Frame | Deferred[Frame | None] | None:
+        """The L{twistkv.node.peer.RequestHandler} for L{REPLICA_VERBS} (§5.2)."""
+        verb = frame.verb
+        if self._stopped:
+            return _nack("shutting_down", f"{self.node_id} is shutting down")
+        served = self.stats.served
+        served[verb] = served.get(verb, 0) + 1
+        try:
+            key = unquote(frame.fields["key"])
+            hint_for = (unquote_text(frame.fields["hint_for"])
+                        if "hint_for" in frame.fields else None)
+        except KeyError:
+            return error_frame(0, "bad_request", f"{verb} lacks the key field")
+        except PeerProtocolError as error:
+            return error_frame(0, "bad_request", error.message)
+        if verb == "GET":
+            try:
+                record = self.replica.read(key)
+            except (StorageError, CorruptRecordError) as error:
+                return _nack("storage_error", str(error))
+            if record is None:
+                return Frame("VAL", 0)
+            return Frame("VAL", 0, {}, encode_record(record))
+        if verb not in ("PUT", "DEL", "HINT"):
+            return error_frame(0, "unknown_verb", f"{verb} is not a replica verb")
+        if not frame.payload:
+            return error_frame(0, "bad_request", f"{verb} carries no record")
+        try:
+            versions = decode_record(frame.payload).versions
+        except CorruptRecordError as error:
+            return error_frame(0, "bad_request", f"bad record: {error}")
+        if not versions:
+            return error_frame(0, "bad_request", f"{verb} carries a record without versions")
+        if verb == "DEL" and not all(v.tombstone for v in versions):
+            return error_frame(0, "bad_request", "DEL carries a live value")
+        if verb == "HINT" and hint_for != self.node_id:
+            return _nack("not_owner", f"hint for {hint_for!r} delivered to {self.node_id!r}")
+        try:
+            if hint_for is not None and hint_for != self.node_id:
+                wait = self.hints.add(hint_for, key, versions)
+                self.stats.hints_accepted += 1
+            else:
+                wait = self.replica.apply(key, versions)
+        except HintRejected as error:
+            return _nack("overloaded", str(error))
+        except StorageError as error:
+            return _nack("storage_error", str(error))
+        if wait is None:
+            return _ack()
+        answer: Deferred[Frame | None] = wait.addCallbacks(
+            _ack, lambda f: _nack("storage_error", f.getErrorMessage())
+        )
+        return answer
+
+
+# -- hinted handoff -------------------------------------------------------------------------
+
+
+@dataclass
+class HintDeliveryStats:
+    """Counters for metrics; they only grow."""
+
+    attempts: int = 0
+    delivered: int = 0
+    failures: int = 0
+
+
+class HintDelivery:
+    """Sends stored hints to their owners once those are alive again.
+
+    Every C{interval} seconds (or at once after L{poke}, e.g. when membership sees an owner come
+    back), for each owner that has hints, is believed alive and is not already being served: up
+    to C{batch} of its hints, oldest first, go out as C{HINT} frames; each is deleted once the
+    owner acks it, and kept for the next round otherwise. One batch per owner per round bounds
+    the load a returning node receives; a batch fully acknowledged is followed by the next one
+    at once, so a large backlog drains without waiting for the timer.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        node_id: str,
+        hints: HintStore,
+        pool: PeerRequester,
+        address_provider: Callable[[str], str | None],
+        alive_provider: Callable[[str], bool],
+        *,
+        interval: float = 1.0,
+        batch: int = 64,
+        request_timeout: float = 5.0,
+    ) -> None:
+        if not interval > 0 or batch < 1:
+            raise ValueError("interval must be positive and batch at least 1")
+        self._reactor = reactor
+        self._node_id = node_id
+        self._hints = hints
+        self._pool = pool
+        self._address = address_provider
+        self._alive = alive_provider
+        self.interval = interval
+        self.batch = batch
+        self.request_timeout = request_timeout
+        self.stats = HintDeliveryStats()
+        self._busy: set[str] = set()
+        self._call: IDelayedCall | None = None
+        self._call_at = 0.0
+        self.running = False
+
+    def start(self) -> None:
+        """Run rounds every C{interval} seconds."""
+        self.running = True
+        self._schedule(self.interval)
+
+    def stop(self) -> None:
+        """Stop starting rounds; deliveries in flight finish on their own."""
+        self.running = False
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def poke(self) -> None:
+        """Run a round now (an owner came back)."""
+        self._schedule(0.0)
+
+    def _schedule(self, delay: float) -> None:
+        if not self.running:
+            return
+        at = self._reactor.seconds() + delay
+        if self._call is not None and self._call.active():
+            if self._call_at <= at:
+                return
+            self._call.cancel()
+        self._call_at = at
+        self._call = self._reactor.callLater(delay, self._round)
+
+    def _round(self) -> None:
+        self._call = None
+        try:
+            self.run_once()
+        finally:
+            self._schedule(self.interval)
+
+    def run_once(self) -> int:
+        """One round: expire old hints, start a batch for each ready owner; returns how many
+        hints were sent."""
+        self._hints.expire()
+        sent = 0
+        for target in self._hints.targets():
+            if target in self._busy or target == self._node_id or not self._alive(target):
+                continue
+            address = self._address(target)
+            if address is None:
+                continue
+            batch = self._hints.pending_for(target, self.batch)
+            if batch:
+                sent += len(batch)
+                self._deliver(target, address, batch)
+        return sent
+
+    def _deliver(self, target: str, address: str, batch: list[Hint]) -> None:
+        self._busy.add(target)
+        outstanding = [len(batch)]
+        failed = [0]
+
+        def done(_: object = None) -> None:
+            outstanding[0] -= 1
+            if outstanding[0] == 0:
+                self._busy.discard(target)
+                if not failed[0] and len(batch) == self.batch:
+                    self.poke()
+
+        def answered(frame: Frame, hint: Hint) -> None:
+            if frame.verb == "ACK":
+                self._hints.remove(hint)
+                self.stats.delivered += 1
+            else:
+                failed[0] += 1
+                self.stats.failures += 1
+            done()
+
+        def errored(failure: Failure) -> None:
+            failed[0] += 1
+            self.stats.failures += 1
+            _log.debug("Hint delivery to {target} failed: {error}", target=target,
+                       error=failure.getErrorMessage())
+            done()
+
+        for hint in batch:
+            self.stats.attempts += 1
+            frame = Frame("HINT", 0, {"key": quote(hint.key), "hint_for": quote(target)},
+                          encode_record(hint.record))
+            request = self._pool.request(address, frame, self.request_timeout)
+            request.addCallbacks(answered, errored, callbackArgs=(hint,))
