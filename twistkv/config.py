@@ -100,6 +100,18 @@ class NodeConfig:
     seeds: tuple[str, ...] = ()
     #: Nodes only talk to peers of the same cluster name (checked in HELLO).
     cluster_name: str = "twistkv"
+    #: Shared secret proving cluster membership in the peer handshake (HMAC); None = off.
+    cluster_secret: bytes | None = None
+    #: host:port other nodes dial to reach this node's peer port; None = derived.
+    advertise: str | None = None
+    #: Replication factor N and default read/write quorums R and W.
+    replicas: int = 3
+    read_quorum: int = 2
+    write_quorum: int = 2
+    #: Seconds a client request waits for its quorum before answering UNAVAILABLE.
+    request_timeout: float = 2.0
+    #: Seconds of silence (after failed direct and indirect probes) before a node is dead.
+    suspicion_timeout: float = 4.0
     enable_flushdb: bool = False
     #: Seconds between active-expiry sweeps (Redis runs its cycle 10x/s).
     expiry_interval: float = 0.1

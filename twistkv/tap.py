@@ -41,6 +41,34 @@ def _positive_int(name: str, text: str) -> int:
     return value
 
 
+def _positive_float(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise usage.UsageError(f"--{name} must be a number of seconds, not {text!r}") from None
+    if not value > 0:
+        raise usage.UsageError(f"--{name} must be positive, not {text}")
+    return value
+
+
+def _read_secret(text: str | None) -> bytes | None:
+    """The cluster secret: literal text, or @PATH to read it (kept out of ps output)."""
+    if not text:
+        return None
+    if text.startswith("@"):
+        try:
+            secret = Path(text[1:]).read_bytes().strip()
+        except OSError as exc:
+            raise usage.UsageError(
+                f"cannot read --cluster-secret file {text[1:]}: {exc.strerror}"
+            ) from None
+    else:
+        secret = text.encode("utf-8")
+    if len(secret) < 16:
+        raise usage.UsageError("--cluster-secret must be at least 16 bytes long")
+    return secret
+
+
 def _check_endpoint(name: str, description: str) -> None:
     """Reject a malformed endpoint string now rather than when listening."""
     from twisted.internet.endpoints import serverFromString
@@ -92,6 +120,19 @@ class Options(usage.Options):
         ["max-clients", None, "10000", "Most simultaneous client connections."],
         ["cluster-name", None, "twistkv",
          "Cluster name; nodes refuse peers with another name."],
+        ["cluster-secret", None, None,
+         "Shared secret for the peer handshake (HMAC-SHA256); or @FILE to read it from a file. "
+         "[default: $TWISTKV_CLUSTER_SECRET, else none: any peer may join]"],
+        ["advertise", None, None,
+         "host:port other nodes use to reach --peer-listen [default: its interface, "
+         "else this host's first non-loopback address, else 127.0.0.1]."],
+        ["replicas", "N", "3", "Replication factor N: copies of each key."],
+        ["read-quorum", "R", None, "Replicas a read waits for by default [default: N/2+1]."],
+        ["write-quorum", "W", None, "Replicas a write waits for by default [default: N/2+1]."],
+        ["request-timeout", None, "2.0",
+         "Seconds a request waits for its quorum before answering UNAVAILABLE."],
+        ["suspicion-timeout", None, "4.0",
+         "Failure detection: seconds a node stays suspect before it is declared dead."],
         ["seeds", None, None,
          "Comma-separated peer addresses (host:port) to join [default: $PEERS]."],
     ]
@@ -136,6 +177,30 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"invalid cluster name {self['cluster-name']!r}: use 1-63 characters from A-Z a-z 0-9 . _ -"
             )
+        replicas = _positive_int("replicas", self["replicas"])
+        quorum = replicas // 2 + 1
+        read_quorum = (
+            _positive_int("read-quorum", self["read-quorum"]) if self["read-quorum"] else quorum
+        )
+        write_quorum = (
+            _positive_int("write-quorum", self["write-quorum"]) if self["write-quorum"] else quorum
+        )
+        for name, value in (("read-quorum", read_quorum), ("write-quorum", write_quorum)):
+            if value > replicas:
+                raise usage.UsageError(f"--{name} {value} exceeds --replicas {replicas}")
+        request_timeout = _positive_float("request-timeout", self["request-timeout"])
+        suspicion_timeout = _positive_float("suspicion-timeout", self["suspicion-timeout"])
+        if suspicion_timeout < 2.0:
+            raise usage.UsageError(
+                "--suspicion-timeout must be at least 2 seconds (two protocol periods)"
+            )
+        secret = _read_secret(self["cluster-secret"] or env.get("TWISTKV_CLUSTER_SECRET"))
+        advertise = self["advertise"]
+        if advertise is not None:
+            host, sep, port = advertise.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise usage.UsageError(f"--advertise {advertise!r} is not host:port")
+
         requested_id = self["node-id"] or env.get("NODE_ID") or None
         if requested_id is not None and not valid_node_id(requested_id):
             raise usage.UsageError(
@@ -168,6 +233,13 @@ class Options(usage.Options):
             max_clients=max_clients,
             seeds=seeds,
             cluster_name=self["cluster-name"],
+            cluster_secret=secret,
+            advertise=advertise,
+            replicas=replicas,
+            read_quorum=read_quorum,
+            write_quorum=write_quorum,
+            request_timeout=request_timeout,
+            suspicion_timeout=suspicion_timeout,
             enable_flushdb=bool(self["enable-flushdb"]),
         )
 

@@ -10,6 +10,7 @@ it must wait for durability, and raises L{CommandError} for user errors.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -72,6 +73,8 @@ class NodeContext:
     started_at: float
     clients: dict[int, ClientSession] = field(default_factory=dict)
     next_client_id: int = 1
+    #: The node's ClusterRuntime (membership, ring, coordinator), when it runs one.
+    cluster: Any = None
 
 
 @dataclass(eq=False)
@@ -97,6 +100,11 @@ class ClientSession:
     def __post_init__(self) -> None:
         if self.keyspace is None:
             self.keyspace = self.context.keyspace
+
+    def rebind(self) -> None:
+        """Follow the node's keyspace after it changes (a lone node joining a cluster)."""
+        keyspace = self.context.keyspace
+        self.keyspace = keyspace if self.consistency is None else keyspace.at(self.consistency)
 
     def now_ms(self) -> int:
         return self.keyspace.now_ms()  # type: ignore[no-any-return]
@@ -980,6 +988,145 @@ def cmd_command(session: ClientSession, args: list[bytes]) -> Any:
     )
 
 
+# -- cluster ------------------------------------------------------------------
+
+
+def _cluster(session: ClientSession) -> Any:
+    cluster = session.context.cluster
+    if cluster is None:
+        raise CommandError("ERR this node runs without a cluster runtime")
+    return cluster
+
+
+def _version_view(version: Version) -> dict[bytes, Any]:
+    """A version as RESP: value, vector clock, HLC (and its wall time), writer, flags."""
+    from twistkv.core.versioning import hlc_physical_ms
+
+    return {
+        b"value": version.value,
+        b"vector_clock": {node.encode(): counter for node, counter in version.clock},
+        b"hlc": version.hlc,
+        b"timestamp_ms": hlc_physical_ms(version.hlc),
+        b"node": version.node.encode(),
+        b"tombstone": version.tombstone,
+        b"expires_at_ms": version.expires_at_ms,
+    }
+
+
+def cmd_members(session: ClientSession, args: list[bytes]) -> Any:
+    """Every member this node knows, with its state (CLUSTER NODES' role)."""
+    cluster = _cluster(session)
+    now = cluster.membership_service._reactor.seconds()  # noqa: SLF001 - same clock as SWIM
+    rows = []
+    for member in sorted(cluster.membership.members(), key=lambda m: m.node_id):
+        rows.append({
+            b"id": member.node_id.encode(),
+            b"address": member.address.encode(),
+            b"state": member.state.value.encode(),
+            b"since_s": round(max(0.0, now - member.state_since), 1),
+            b"incarnation": member.incarnation,
+            b"client": member.metadata.get("client", "").encode(),
+            b"http": member.metadata.get("http", "").encode(),
+            b"in_ring": member.node_id in cluster.ring,
+            b"self": member.node_id == cluster.node_id,
+        })
+    return rows
+
+
+def cmd_where(session: ClientSession, args: list[bytes]) -> Any:
+    """The preference list of a key: its N replicas in order, then the stand-ins."""
+    cluster = _cluster(session)
+    n = cluster.options.n
+    ring = cluster.ring
+    replicas = ring.preference_list(args[1], n)
+    fallbacks = ring.fallback_nodes(args[1], n, limit=2)
+    rows = []
+    for role, nodes in (("replica", replicas), ("fallback", fallbacks)):
+        for node in nodes:
+            member = cluster.membership.get(node)
+            state = "alive" if node == cluster.node_id else (
+                member.state.value if member is not None else "unknown"
+            )
+            rows.append([node.encode(), role.encode(), state.encode(),
+                         (cluster.address_of(node) or "").encode()])
+    return rows
+
+
+def cmd_ring(session: ClientSession, args: list[bytes]) -> Any:
+    """Vnode ownership and key counts per node (counts asked of every reachable node)."""
+    cluster = _cluster(session)
+    ring = cluster.ring
+    n = cluster.options.n
+    primary = ring.ownership_share(1)
+    replicated = ring.ownership_share(n)
+    vnodes: dict[str, int] = {}
+    for _, node in ring.vnode_tokens():
+        vnodes[node] = vnodes.get(node, 0) + 1
+    nodes = sorted(ring.nodes)
+
+    def row(node: str, keys: Any) -> dict[bytes, Any]:
+        member = cluster.membership.get(node)
+        state = "alive" if node == cluster.node_id else (
+            member.state.value if member is not None else "unknown"
+        )
+        return {
+            b"id": node.encode(),
+            b"state": state.encode(),
+            b"vnodes": vnodes.get(node, 0),
+            b"primary_share": round(primary.get(node, 0.0), 4),
+            b"replica_share": round(replicated.get(node, 0.0), 4),
+            b"keys": keys,
+        }
+
+    counts = [_key_count_of(cluster, node) for node in nodes]
+    return _then(_gather(counts), lambda found: [row(nd, k) for nd, k in zip(nodes, found, strict=True)])
+
+
+def _key_count_of(cluster: Any, node: str) -> Any:
+    """Records the node's replica holds: local at once, remote over STATS (None if silent)."""
+    if node == cluster.node_id:
+        return cluster.replica.stats.records
+    address = cluster.address_of(node)
+    if address is None or not cluster.is_alive(node):
+        return None
+    from twistkv.core.peerwire import Frame
+
+    def parse(frame: Any) -> Any:
+        try:
+            return int(json.loads(frame.payload)["replica_records"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    return (
+        cluster.pool.request(address, Frame("STATS", 0), timeout=1.0)
+        .addCallback(parse)
+        .addErrback(lambda _: None)
+    )
+
+
+def cmd_versions(session: ClientSession, args: list[bytes]) -> Any:
+    """Every version of a key: the reconciled siblings and what each replica holds."""
+    result = session.keyspace.record(args[1])
+
+    def show(found: Any) -> Any:
+        if found is None:
+            return {b"key": args[1], b"siblings": [], b"replicas": {}}
+        if hasattr(found, "replies"):  # a cluster read: per-replica answers
+            replicas: dict[bytes, Any] = {
+                node.encode(): [_version_view(v) for v in versions]
+                for node, versions in sorted(found.replies.items())
+            }
+            for node, reason in sorted(found.failures.items()):
+                replicas[node.encode()] = ("unavailable: " + reason).encode()
+            return {b"key": args[1], b"siblings": [_version_view(v) for v in found.versions],
+                    b"replicas": replicas}
+        node_id = session.context.config.node_id.encode()
+        siblings = [_version_view(v) for v in found.versions]
+        return {b"key": args[1], b"siblings": siblings, b"replicas": {node_id: siblings}}
+
+    return _then(result, show)
+
+
 # -- the table ----------------------------------------------------------------
 
 _HIDDEN_FROM_HELP = {"MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "FLUSHALL", "UNLINK"}
@@ -1047,6 +1194,10 @@ COMMANDS: dict[str, Command] = _table([
     ("CONFIG", -2, "", cmd_config, "server", "GET pattern | RESETSTAT", "Read configuration values."),
     ("COMMAND", -1, "", cmd_command, "server", "[COUNT|INFO|DOCS|LIST]", "Describe the commands."),
     ("TIME", 1, "fast", cmd_time, "server", "", "The server's clock."),
+    ("MEMBERS", 1, "", cmd_members, "cluster", "", "Cluster members with their state (alive, suspect, dead, left)."),
+    ("RING", 1, "", cmd_ring, "cluster", "", "Vnodes, ownership share and key count of every node."),
+    ("WHERE", 2, "readonly", cmd_where, "cluster", "key", "Which nodes hold a key (its preference list).", ONE_KEY),
+    ("VERSIONS", 2, "readonly", cmd_versions, "cluster", "key", "Every version of a key with vector clock and HLC timestamp.", ONE_KEY),
     ("MULTI", 1, "fast", cmd_multi, "transactions", "", "Not offered in this mode."),
     ("EXEC", 1, "fast", cmd_exec, "transactions", "", "Not offered in this mode."),
     ("DISCARD", 1, "fast", cmd_discard, "transactions", "", "Not offered in this mode."),

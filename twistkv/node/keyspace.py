@@ -95,6 +95,11 @@ class LocalKeyspace:
         if newest_hlc > self._hlc.last:
             self._hlc = HybridLogicalClock(last=newest_hlc)
 
+    @property
+    def hlc(self) -> HybridLogicalClock:
+        """The clock stamping this node's writes (shared with the cluster coordinator)."""
+        return self._hlc
+
     def at(self, consistency: object) -> LocalKeyspace:
         """This keyspace at a consistency level: one replica, so every level is the same."""
         return self

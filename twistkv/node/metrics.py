@@ -78,6 +78,7 @@ class NodeStats:
         self.storage_healthy: Callable[[], bool] = lambda: True
         self.connected_clients: Callable[[], int] = lambda: 0
         self.key_count: Callable[[], int] = lambda: 0
+        self.cluster_stats: Callable[[], dict[str, int]] = dict
 
     def command(self, name: str) -> CommandStat:
         """The stat object for C{name}, created on first use."""
@@ -182,6 +183,11 @@ class NodeCollector(Collector):
         for (route, status), count in sorted(stats.http_requests.items()):
             http.add_metric([route, str(status)], count)
         yield http
+        for name, value in sorted(stats.cluster_stats().items()):
+            if name.endswith(("_stored", "_bytes")) or name == "ring_nodes":
+                yield GaugeMetricFamily(f"twistkv_cluster_{name}", f"Cluster gauge {name}.", value=value)
+            else:
+                yield CounterMetricFamily(f"twistkv_cluster_{name}", f"Cluster counter {name}.", value=value)
         info = GaugeMetricFamily("twistkv_node_info", "This node's identity.", labels=["node_id"])
         info.add_metric([self._node_id], 1)
         yield info

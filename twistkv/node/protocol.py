@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistkv.core.resp import Error, RequestParser, RespProtocolError, encode
+from twistkv.node.cluster import NotSupported
 from twistkv.node.commands import (
     COMMANDS_BY_NAME,
     OK,
@@ -36,6 +37,7 @@ from twistkv.node.commands import (
     refused_in_multi,
     unknown_command_error,
 )
+from twistkv.node.coordinator import KeyTooLong, QuorumUnavailable
 from twistkv.storage.errors import StorageError
 
 if TYPE_CHECKING:
@@ -238,9 +240,10 @@ def error_reply(failure: Failure, command: str, waited: bool = False) -> Error:
                 f"durable: {error}"
             )
         return Error(f"ERR storage failure on this node, nothing was written: {error}")
-    wire_text = getattr(error, "resp_error", None)
-    if isinstance(wire_text, str):
-        return Error(wire_text)
+    if isinstance(error, QuorumUnavailable):
+        return Error(str(error))  # starts with UNAVAILABLE, Redis-style error code
+    if isinstance(error, (KeyTooLong, NotSupported)):
+        return Error(f"ERR {error}")
     _log.failure("unexpected error in command {command}", failure, command=command)
     return Error(f"ERR internal error: {failure.getErrorMessage()}")
 

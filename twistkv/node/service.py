@@ -8,6 +8,7 @@ is injected so tests can run a node on a L{MemoryReactorClock}.
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import FileLogObserver, Logger, globalLogPublisher, jsonFileLogObserver
 from twisted.python.logfile import LogFile
 
+from twistkv import __version__
 from twistkv.config import NodeConfig
 from twistkv.core.versioning import HybridLogicalClock
 from twistkv.node.commands import NodeContext
@@ -29,7 +31,7 @@ from twistkv.node.protocol import RespFactory
 from twistkv.storage.errors import StorageError
 from twistkv.storage.interface import FsyncPolicy, OrderedStore
 
-__all__ = ["KVNodeService", "open_store"]
+__all__ = ["KVNodeService", "open_store", "advertised_address"]
 
 _log = Logger()
 
@@ -43,6 +45,48 @@ def open_store(config: NodeConfig) -> OrderedStore:
     from twistkv.storage.rocks import RocksStore
 
     return RocksStore(str(Path(config.data_dir) / "db"))
+
+
+def _endpoint_parts(description: str) -> tuple[str | None, int | None]:
+    """(interface, port) of a tcp: endpoint string; (None, None) for other kinds."""
+    fields = description.split(":")
+    if fields[0] not in ("tcp", "tcp6", "ssl") or len(fields) < 2 or not fields[1].isdigit():
+        return None, None
+    interface = None
+    for field in fields[2:]:
+        if field.startswith("interface="):
+            interface = field[len("interface="):].replace("\\", "")
+    return interface, int(fields[1])
+
+
+def _host_address() -> str:
+    """This host's first non-loopback IPv4 address, else 127.0.0.1 (no traffic is sent)."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        return "127.0.0.1"
+    for info in infos:
+        address = str(info[4][0])
+        if not address.startswith("127."):
+            return address
+    return "127.0.0.1"
+
+
+def advertised_address(config: NodeConfig, description: str | None = None) -> str | None:
+    """host:port others use for an endpoint of this node (the peer port by default).
+
+    An explicit --advertise wins (for the peer port; other ports take its host). Else
+    the endpoint's own interface, unless it is a wildcard; else this host's address.
+    """
+    interface, port = _endpoint_parts(description or config.peer_listen)
+    if config.advertise is not None:
+        host, _, advertised_port = config.advertise.rpartition(":")
+        return config.advertise if description is None else f"{host}:{port}"
+    if port is None:
+        return None
+    if interface in (None, "", "0.0.0.0", "::"):
+        interface = _host_address()
+    return f"{interface}:{port}"
 
 
 class KVNodeService(MultiService):
@@ -61,6 +105,8 @@ class KVNodeService(MultiService):
         self.store: OrderedStore | None = None
         self.committer: GroupCommitter | None = None
         self.context: NodeContext | None = None
+        self.cluster: Any = None
+        self.local_keyspace: LocalKeyspace | None = None
         self._chores: list[LoopingCall] = []
         self._log_observer: FileLogObserver | None = None
         self._log_file: LogFile | None = None
@@ -83,16 +129,18 @@ class KVNodeService(MultiService):
             self.store, self.committer, config.node_id, HybridLogicalClock(), self.now_ms
         )
         keyspace.load()
+        self.local_keyspace = keyspace
         self.context = NodeContext(
             keyspace=keyspace, config=config, stats=self.stats, started_at=self._reactor.seconds()
         )
+        self._start_cluster()
         self._wire_stats()
         self._listen(config.listen, RespFactory(self.context))
         if config.http is not None:
             from twistkv.web.app import NodeWebApp
 
             self._listen(config.http, NodeWebApp(self).site(reactor=self._reactor))
-        self._every(config.expiry_interval, keyspace.expire_due)
+        self._every(config.expiry_interval, lambda: self.context.keyspace.expire_due())
         self._every(1.0, lambda: self.stats.sample(self._reactor.seconds()))
         super().startService()
         _log.info(
@@ -102,6 +150,60 @@ class KVNodeService(MultiService):
             storage=config.storage, fsync=config.fsync, data_dir=str(config.data_dir),
             keys=keyspace.key_count(),
         )
+
+    def _start_cluster(self) -> None:
+        """Start the peer port and membership; cluster mode begins once there is a peer.
+
+        A node that is alone (no seeds, no ring members remembered from an earlier run)
+        serves from the local keyspace: no quorum round trips, physical deletes. The first
+        time another node joins its ring it switches, for good, to the replicated keyspace.
+        """
+        from twistkv.core.membership import MembershipConfig
+        from twistkv.node.cluster import ClusterOptions, ClusterRuntime
+
+        config = self.config
+        assert self.store is not None and self.committer is not None and self.context is not None
+        peer_address = advertised_address(config) or f"127.0.0.1:{config.peer_listen}"
+        metadata = {"version": __version__}
+        for name, description in (("client", config.listen), ("http", config.http)):
+            if description is not None:
+                address = advertised_address(config, description)
+                if address is not None:
+                    metadata[name] = address
+        options = ClusterOptions(
+            n=config.replicas, r=config.read_quorum, w=config.write_quorum,
+            request_timeout=config.request_timeout,
+        )
+        self.cluster = ClusterRuntime(
+            config.node_id, peer_address, reactor=self._reactor, store=self.store,
+            committer=self.committer, seeds=config.seeds, cluster_name=config.cluster_name,
+            secret=config.cluster_secret, options=options,
+            membership_config=MembershipConfig(suspicion_timeout=config.suspicion_timeout),
+            hlc=self.local_keyspace.hlc, metadata=metadata,
+        )
+        self.context.cluster = self.cluster
+        self._listen(config.peer_listen, self.cluster.server_factory)
+        self.cluster.start()
+        self.cluster.membership_service.subscribe(self._maybe_cluster)
+        if config.seeds or len(self.cluster.ring) > 1:
+            self._enter_cluster_mode()
+
+    def _maybe_cluster(self, event: Any) -> None:
+        if self.cluster is not None and len(self.cluster.ring) > 1:
+            self._enter_cluster_mode()
+
+    def _enter_cluster_mode(self) -> None:
+        assert self.context is not None and self.cluster is not None
+        if self.context.keyspace is self.cluster.keyspace:
+            return
+        _log.info(
+            "node {node_id} serves clients from the replicated keyspace (N={n}, R={r}, W={w})",
+            node_id=self.config.node_id, n=self.config.replicas, r=self.config.read_quorum,
+            w=self.config.write_quorum,
+        )
+        self.context.keyspace = self.cluster.keyspace
+        for session in self.context.clients.values():
+            session.rebind()
 
     def _listen(self, description: str, factory: Any) -> None:
         endpoint = serverFromString(self._reactor, description)
@@ -128,7 +230,10 @@ class KVNodeService(MultiService):
         self.stats.storage_bytes = store.approximate_size_bytes
         self.stats.storage_healthy = lambda: committer.healthy
         self.stats.connected_clients = lambda: len(context.clients)
-        self.stats.key_count = context.keyspace.key_count
+        self.stats.key_count = lambda: context.keyspace.key_count()
+        cluster = self.cluster
+        if cluster is not None:
+            self.stats.cluster_stats = cluster.stats
 
     def _start_json_log(self) -> None:
         log_dir = self.config.log_dir
@@ -152,6 +257,13 @@ class KVNodeService(MultiService):
         self._chores.clear()
         d = super().stopService()
 
+        def stop_cluster(result: Any) -> Any:
+            if self.cluster is None:
+                return result
+            stopped = self.cluster.stop()
+            stopped.addErrback(lambda f: _log.failure("cluster shutdown failed", f))
+            return stopped.addCallback(lambda _: result)
+
         def stop_committer(result: Any) -> Any:
             if self.committer is None:
                 return result
@@ -170,4 +282,4 @@ class KVNodeService(MultiService):
                 self._log_file.close()
             return result
 
-        return d.addBoth(stop_committer).addBoth(close_storage)
+        return d.addBoth(stop_cluster).addBoth(stop_committer).addBoth(close_storage)
