@@ -170,3 +170,32 @@ def test_snapshot_of_a_fake_node() -> None:
     assert snap.storage_healthy is True and snap.host == "host.example"
     node.committer = None
     assert snapshot_node(node).storage_healthy is False
+
+
+def test_cluster_view_lists_every_member() -> None:
+    """In cluster mode /cluster lists each member with state, addresses and ring share;
+    keys and uptime are reported for this node only (others would need a round trip)."""
+    from twistkv.web.views import MemberSnapshot
+
+    def member(node_id: str, state: str, is_self: bool) -> MemberSnapshot:
+        return MemberSnapshot(
+            node_id=node_id, peer_address=f"10.0.0.{node_id[-1]}:7380", state=state,
+            state_for_s=3.0, incarnation=1, client_address=f"10.0.0.{node_id[-1]}:7379",
+            http_address=None, version="0.1.0", in_ring=True, is_self=is_self,
+            primary_share=0.33, replica_share=1.0,
+        )
+
+    snapshot = replace(
+        SNAPSHOT, mode="cluster", replication=(3, 2, 2),
+        members=(member("n1", "alive", True), member("n2", "dead", False)),
+        cluster_counters=(("hints_stored", 4),),
+    )
+    view = cluster_view(snapshot)
+    assert view["mode"] == "cluster"
+    assert view["replication"] == {"n": 3, "r": 2, "w": 2}
+    assert [(n["id"], n["state"], n["is_self"]) for n in view["nodes"]] == [
+        ("n1", "alive", True), ("n2", "dead", False)
+    ]
+    assert view["nodes"][0]["keys"] == 7 and view["nodes"][1]["keys"] is None
+    assert view["counters"] == {"hints_stored": 4}
+    assert json.loads(json.dumps(view)) == view

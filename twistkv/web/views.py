@@ -85,6 +85,24 @@ class WebNode(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class MemberSnapshot:
+    """One cluster member as this node sees it."""
+
+    node_id: str
+    peer_address: str
+    state: str
+    state_for_s: float
+    incarnation: int
+    client_address: str | None
+    http_address: str | None
+    version: str | None
+    in_ring: bool
+    is_self: bool
+    primary_share: float
+    replica_share: float
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSnapshot:
     """One node's state at one moment, as plain values.
 
@@ -110,6 +128,35 @@ class NodeSnapshot:
     peer_endpoint: str
     cluster_name: str
     host: str
+    mode: str = "single"
+    replication: tuple[int, int, int] = (1, 1, 1)
+    members: tuple[MemberSnapshot, ...] = ()
+    cluster_counters: tuple[tuple[str, int], ...] = ()
+
+
+def _snapshot_members(cluster: Any, now_s: float) -> tuple[MemberSnapshot, ...]:
+    ring = cluster.ring
+    n = cluster.options.n
+    primary = ring.ownership_share(1)
+    replicated = ring.ownership_share(n)
+    members = []
+    for member in sorted(cluster.membership.members(), key=lambda m: m.node_id):
+        meta = member.metadata
+        members.append(MemberSnapshot(
+            node_id=member.node_id,
+            peer_address=member.address,
+            state=member.state.value,
+            state_for_s=round(max(0.0, now_s - member.state_since), 1),
+            incarnation=member.incarnation,
+            client_address=meta.get("client"),
+            http_address=meta.get("http"),
+            version=meta.get("version"),
+            in_ring=member.node_id in ring,
+            is_self=member.node_id == cluster.node_id,
+            primary_share=round(primary.get(member.node_id, 0.0), 4),
+            replica_share=round(replicated.get(member.node_id, 0.0), 4),
+        ))
+    return tuple(members)
 
 
 def snapshot_node(node: WebNode, host: str = "localhost") -> NodeSnapshot:
@@ -136,9 +183,25 @@ def snapshot_node(node: WebNode, host: str = "localhost") -> NodeSnapshot:
         client_endpoint=config.listen,
         http_endpoint=config.http,
         peer_endpoint=config.peer_listen,
-        cluster_name=config.extra.get("cluster_name", DEFAULT_CLUSTER_NAME),
+        cluster_name=getattr(config, "cluster_name", DEFAULT_CLUSTER_NAME),
         host=host,
+        **_cluster_fields(node, context, now_ms),
     )
+
+
+def _cluster_fields(node: WebNode, context: Any, now_ms: int) -> dict[str, Any]:
+    """Membership, replication and counters when the node runs a cluster runtime."""
+    cluster = getattr(context, "cluster", None) if context is not None else None
+    if cluster is None:
+        return {}
+    config = node.config
+    clustered = context.keyspace is cluster.keyspace
+    return {
+        "mode": "cluster" if clustered else "single",
+        "replication": (config.replicas, config.read_quorum, config.write_quorum),
+        "members": _snapshot_members(cluster, now_ms / 1000),
+        "cluster_counters": tuple(sorted(cluster.stats().items())),
+    }
 
 
 # -- node views ---------------------------------------------------------------
@@ -184,6 +247,16 @@ def cluster_view(snapshot: NodeSnapshot) -> dict[str, Any]:
     adds members to C{nodes} and real N/R/W figures without changing the shape.
     """
     addresses = _addresses(snapshot)
+    if snapshot.members:
+        n, r, w = snapshot.replication
+        return {
+            "cluster_name": snapshot.cluster_name,
+            "mode": snapshot.mode,
+            "node_id": snapshot.node_id,
+            "replication": {"n": n, "r": r, "w": w},
+            "nodes": [_member_view(snapshot, member) for member in snapshot.members],
+            "counters": dict(snapshot.cluster_counters),
+        }
     return {
         "cluster_name": snapshot.cluster_name,
         "mode": "single",
@@ -202,6 +275,26 @@ def cluster_view(snapshot: NodeSnapshot) -> dict[str, Any]:
                 "is_self": True,
             }
         ],
+    }
+
+
+def _member_view(snapshot: NodeSnapshot, member: MemberSnapshot) -> dict[str, Any]:
+    """One entry of C{/cluster}'s C{nodes}; keys and uptime are known for this node only."""
+    return {
+        "id": member.node_id,
+        "state": member.state,
+        "state_for_s": member.state_for_s,
+        "incarnation": member.incarnation,
+        "client_address": member.client_address,
+        "http_address": member.http_address,
+        "peer_address": member.peer_address,
+        "keys": snapshot.keys if member.is_self else None,
+        "version": member.version,
+        "uptime_s": _uptime_s(snapshot) if member.is_self else None,
+        "in_ring": member.in_ring,
+        "primary_share": member.primary_share,
+        "replica_share": member.replica_share,
+        "is_self": member.is_self,
     }
 
 
