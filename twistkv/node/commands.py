@@ -886,7 +886,29 @@ def _info_sections(session: ClientSession) -> dict[str, list[tuple[str, Any]]]:
         "keyspace": (
             [("db0", f"keys={keys},expires={keyspace.keys_with_expiry()},avg_ttl=0")] if keys else []
         ),
+        "cluster": _cluster_info(ctx),
     }
+
+
+def _cluster_info(ctx: NodeContext) -> list[tuple[str, Any]]:
+    cluster = ctx.cluster
+    if cluster is None:
+        return [("cluster_enabled", 0)]
+    states: dict[str, int] = {}
+    for member in cluster.membership.members():
+        states[member.state.value] = states.get(member.state.value, 0) + 1
+    fields: list[tuple[str, Any]] = [
+        ("cluster_enabled", 1),
+        ("mode", "cluster" if ctx.keyspace is cluster.keyspace else "single"),
+        ("cluster_name", ctx.config.cluster_name),
+        ("replicas", ctx.config.replicas),
+        ("read_quorum", ctx.config.read_quorum),
+        ("write_quorum", ctx.config.write_quorum),
+        ("ring_nodes", len(cluster.ring)),
+    ]
+    fields.extend((f"members_{state}", count) for state, count in sorted(states.items()))
+    fields.extend(sorted(cluster.stats().items()))
+    return fields
 
 
 def cmd_info(session: ClientSession, args: list[bytes]) -> Any:
