@@ -83,3 +83,23 @@ def test_live_value_hides_tombstones_and_expired_versions() -> None:
     assert live_value(Record((Version(b"", tombstone=True),)), now_ms=0) is None
     assert live_value(None, now_ms=0) is None
     assert live_value(Record((Version(b"forever"),)), now_ms=2**62) is not None
+
+
+@settings(max_examples=100)
+@given(st.binary(max_size=100), st.integers(0, 2**63), st.integers(0, 2**63), node_ids)
+def test_single_writer_encoding_matches_general(
+    value: bytes, hlc: int, expires: int, node: str
+) -> None:
+    """The direct single-writer encoding is byte-identical to encoding the equivalent Record,
+    and is_single_writer recognises it for its node only."""
+    from twistkv.core.record import encode_single_writer, is_single_writer, single_writer_block
+
+    block = single_writer_block(node)
+    raw = encode_single_writer(block, value, hlc, expires)
+    assert raw == encode_record(Record((Version(value, ((node, hlc),), hlc, node, expires),)))
+    assert is_single_writer(raw, block)
+    assert not is_single_writer(raw, single_writer_block(node + "x"))
+    two = encode_record(Record((Version(value, ((node, 1),), 1, node),) * 2))
+    assert not is_single_writer(two, block)
+    mixed = encode_record(Record((Version(value, ((node, 1), ("zz", 2)), 1, node),)))
+    assert not is_single_writer(mixed, block)

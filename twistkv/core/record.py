@@ -170,3 +170,33 @@ def decode_record(data: bytes) -> Record:
         raise CorruptRecordError(f"record truncated: {exc}") from None
     except UnicodeDecodeError as exc:
         raise CorruptRecordError(f"record node id is not UTF-8: {exc}") from None
+
+
+def single_writer_block(node: str) -> bytes:
+    """The bytes that mark a record as one version written and clocked by C{node} alone.
+
+    A single node's records are almost all of this shape, so its write path can
+    recognise and produce them without decoding (see L{is_single_writer}).
+    """
+    return _str8(node) + _U16.pack(1) + _str8(node)
+
+
+def is_single_writer(raw: bytes, block: bytes) -> bool:
+    """Whether C{raw} holds exactly one version whose writer and only clock entry is the
+    node of C{block} (from L{single_writer_block}): such a record is superseded by any
+    later write of that node, so it need not be decoded first."""
+    return raw[1:3] == b"\x00\x01" and raw[20 : 20 + len(block)] == block
+
+
+def encode_single_writer(block: bytes, value: bytes, hlc: int, expires_at_ms: int) -> bytes:
+    """Encode the one-version record C{Version(value, ((node, hlc),), hlc, node,
+    expires_at_ms)} directly: the node's clock entry is its HLC timestamp, which is
+    strictly increasing per node and so descends every earlier write of that node."""
+    return b"".join((
+        b"\x01\x00\x01",
+        _VERSION_FIXED.pack(0, hlc, expires_at_ms),
+        block,
+        _U64.pack(hlc),
+        _U32.pack(len(value)),
+        value,
+    ))

@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 
-from twistkv.core.record import Record, Version, decode_record, encode_record, live_value
+from twistkv.core.record import (
+    Record,
+    Version,
+    decode_record,
+    encode_record,
+    encode_single_writer,
+    is_single_writer,
+    live_value,
+    single_writer_block,
+)
 from twistkv.core.versioning import HybridLogicalClock
 
 if TYPE_CHECKING:
@@ -60,6 +69,7 @@ class LocalKeyspace:
         self._store = store
         self._committer = committer
         self._node_id = node_id
+        self._own_block = single_writer_block(node_id)
         self._hlc = hlc
         self.now_ms = now_ms
         self._key_count = 0
@@ -175,24 +185,19 @@ class LocalKeyspace:
     ) -> Version:
         """A version that descends every version stored for the key."""
         node_id = self._node_id
-        if previous is None:
-            clock: tuple[tuple[str, int], ...] = ((node_id, 1),)
-        elif len(previous.versions) == 1 and len(previous.versions[0].clock) == 1 and (
-            previous.versions[0].clock[0][0] == node_id
-        ):
-            # The common case on a single node: one version, written here.
-            clock = ((node_id, previous.versions[0].clock[0][1] + 1),)
-        else:
-            merged: dict[str, int] = {}
+        hlc = self._hlc.tick(self.now_ms())
+        # This node's clock entry is its HLC timestamp: strictly increasing per node, so
+        # it descends every earlier write of this node (the cluster coordinator does the
+        # same, see twistkv.core.replication.new_version).
+        merged: dict[str, int] = {}
+        if previous is not None:
             for version in previous.versions:
                 for node, counter in version.clock:
                     if counter > merged.get(node, 0):
                         merged[node] = counter
-            merged[node_id] = merged.get(node_id, 0) + 1
-            clock = tuple(sorted(merged.items()))
-        return Version(
-            value, clock, self._hlc.tick(self.now_ms()), node_id, expires_at_ms, tombstone
-        )
+        merged[node_id] = max(hlc, merged.get(node_id, 0) + 1)
+        clock = tuple(sorted(merged.items()))
+        return Version(value, clock, hlc, node_id, expires_at_ms, tombstone)
 
     def _put_op(
         self, key: bytes, value: bytes, expires_at_ms: int, previous_raw: bytes | None
@@ -214,7 +219,18 @@ class LocalKeyspace:
 
     def set(self, key: bytes, value: bytes, expires_at_ms: int = 0) -> Wait:
         """Store C{value} under C{key}; C{expires_at_ms} 0 = no expiry, KEEP_TTL = keep."""
-        op = self._put_op(key, value, expires_at_ms, self._store.get(DATA_PREFIX + key))
+        db_key = DATA_PREFIX + key
+        raw = self._store.get(db_key)
+        if expires_at_ms != KEEP_TTL and (raw is None or is_single_writer(raw, self._own_block)):
+            # The hot path: nothing to merge, so nothing to decode.
+            if raw is None:
+                self._key_count += 1
+            if expires_at_ms:
+                heapq.heappush(self._expiry_heap, (expires_at_ms, key))
+            hlc = self._hlc.tick(self.now_ms())
+            data = encode_single_writer(self._own_block, value, hlc, expires_at_ms)
+            return self._committer.commit(((db_key, data),))
+        op = self._put_op(key, value, expires_at_ms, raw)
         return self._committer.commit((op,))
 
     def set_many(self, pairs: Sequence[tuple[bytes, bytes]]) -> Wait:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
@@ -24,7 +24,14 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twistkv.core.resp import Error, RequestParser, RespProtocolError, encode
+from twistkv.core.resp import (
+    Error,
+    RequestParser,
+    RespProtocolError,
+    encode,
+    encode_into_resp2,
+    encode_into_resp3,
+)
 from twistkv.node.cluster import NotSupported
 from twistkv.node.commands import (
     COMMANDS_BY_NAME,
@@ -38,10 +45,8 @@ from twistkv.node.commands import (
     unknown_command_error,
 )
 from twistkv.node.coordinator import KeyTooLong, QuorumUnavailable
+from twistkv.node.metrics import CommandStat
 from twistkv.storage.errors import StorageError
-
-if TYPE_CHECKING:
-    from twistkv.node.metrics import CommandStat
 
 __all__ = ["RespProtocol", "RespFactory"]
 
@@ -78,6 +83,8 @@ class RespProtocol(Protocol):
         self._closing = False
         self._paused = False
         self.session: ClientSession | None = None
+        #: This connection's handle on each command's counters (saves a lookup per call).
+        self._command_stats: dict[Any, CommandStat] = {}
 
     # -- connection lifecycle ---------------------------------------------
 
@@ -132,7 +139,8 @@ class RespProtocol(Protocol):
     def _execute(self, args: list[bytes], out: list[bytes]) -> None:
         session = self.session
         assert session is not None
-        cmd = COMMANDS_BY_NAME.get(args[0].upper())
+        name = args[0]
+        cmd = COMMANDS_BY_NAME.get(name) or COMMANDS_BY_NAME.get(name.upper())
         if cmd is None:
             self._emit(encode(unknown_command_error(args), session.protocol), out)
             return
@@ -143,8 +151,10 @@ class RespProtocol(Protocol):
         if session.in_refused_multi and cmd.name not in ("EXEC", "DISCARD", "MULTI", "QUIT"):
             self._emit(encode(refused_in_multi(cmd), session.protocol), out)
             return
-        stat = self._stats.command(cmd.name)
-        session.last_command = args[0]
+        stat = self._command_stats.get(cmd)
+        if stat is None:
+            stat = self._command_stats[cmd] = self._stats.command(cmd.name)
+        session.last_command = name
         started = perf_counter()
         try:
             reply = cmd.handler(session, args)
@@ -167,7 +177,12 @@ class RespProtocol(Protocol):
                 self.transport.pauseProducing()
             return
         stat.observe(perf_counter() - started)
-        self._emit(encode(reply, session.protocol), out)
+        if self._waiting:
+            self._waiting.append(encode(reply, session.protocol))
+        elif session.protocol == 2:
+            encode_into_resp2(out, reply)
+        else:
+            encode_into_resp3(out, reply)
 
     # -- output -------------------------------------------------------------
 
