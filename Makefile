@@ -8,7 +8,9 @@ PORT   ?= 7379
 HTTP   ?= 8379
 PEER   ?= 7380
 
-.PHONY: help build run test test-fast client clean lint bench system-deps
+COMPOSE := docker compose -f deployments/docker/docker-compose.yml
+
+.PHONY: help build run test test-fast client clean lint bench system-deps up down logs
 
 help:
 	@echo "make run    - set up and start a local twistkv node with its dashboard"
@@ -17,6 +19,7 @@ help:
 	@echo "make client - open redis-cli on the local node"
 	@echo "make bench  - compare twistkv with redis-server under redis-benchmark"
 	@echo "make lint   - ruff"
+	@echo "make up/down/logs - the 3-node docker compose cluster (needs a Docker engine)"
 	@echo "make clean  - remove build artefacts, data/ and logs/"
 
 $(STAMP): pyproject.toml
@@ -50,6 +53,15 @@ lint: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/redis_compare.py $(BENCH_ARGS)
+
+up:
+	$(COMPOSE) up -d --build
+
+down:
+	$(COMPOSE) down
+
+logs:
+	$(COMPOSE) logs -f
 
 clean:
 	rm -rf dist build *.egg-info data logs .pytest_cache .hypothesis
