@@ -23,18 +23,23 @@ C{twistkv} come from this tree even when the package is not installed.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -94,6 +99,35 @@ def raw_ping(port: int, timeout: float = 1.0) -> bool:
             return data == b"+PONG\r\n"
     except OSError:
         return False
+
+
+_T = TypeVar("_T")
+
+
+def wait_until(
+    probe: Callable[[], _T],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+) -> _T:
+    """Call C{probe} until it returns something truthy; return that, or fail at C{timeout}.
+
+    An exception from C{probe} counts as "not yet" (a node still starting, a
+    refused write); the last value or exception is in the failure message.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = probe()
+        except Exception as exc:  # noqa: BLE001 - "not yet", reported on timeout
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.1f} s: {what} (last: {last!r})")
+        time.sleep(interval)
 
 
 class NodeError(AssertionError):
@@ -301,6 +335,56 @@ class Node:
                 return int(line.split()[1])
         raise NodeError(f"no VmRSS for pid {self.pid}")
 
+    # -- cluster views ----------------------------------------------------------
+
+    def session(self, consistency: str | None = None, timeout: float = 10.0) -> redis.Redis:
+        """A client whose commands and pipelines all use one connection, never resent.
+
+        C{consistency} (ONE, QUORUM, ALL) is set on that connection with its own round
+        trip before anything else is sent. Closed when the node stops.
+        """
+        client = redis.Redis(
+            host=HOST, port=self.client_port, max_connections=1, decode_responses=True,
+            socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
+        )
+        self._clients.append(client)
+        if consistency is not None:
+            client.execute_command("CONSISTENCY", consistency)
+        return client
+
+    def command(self, *args: Any, timeout: float = 5.0, consistency: str | None = None) -> Any:
+        """One command on a fresh connection (closed after), optionally at a consistency.
+
+        A fresh connection per call never reuses a socket of a killed or restarted
+        node, and never retries: the reply or the exception is the answer.
+        """
+        client = self.session(consistency, timeout)
+        try:
+            return client.execute_command(*args)
+        finally:
+            self._clients.remove(client)
+            client.close()
+
+    def members(self, timeout: float = 2.0) -> dict[str, str]:
+        """This node's MEMBERS as node id -> state (alive, suspect, dead, left)."""
+        return {row["id"]: row["state"] for row in self.command("MEMBERS", timeout=timeout)}
+
+    def http_get(self, path: str, timeout: float = 5.0) -> bytes:
+        with urllib.request.urlopen(self.http_url + path, timeout=timeout) as response:
+            return response.read()
+
+    def http_json(self, path: str, timeout: float = 5.0) -> Any:
+        return json.loads(self.http_get(path, timeout))
+
+    def metrics(self, timeout: float = 5.0) -> dict[str, float]:
+        """Unlabelled samples of C{/metrics}: metric name -> value."""
+        samples = {}
+        for line in self.http_get("/metrics", timeout).decode().splitlines():
+            match = re.fullmatch(r"([A-Za-z_:][A-Za-z0-9_:]*) (\S+)", line)
+            if match:
+                samples[match[1]] = float(match[2])
+        return samples
+
     def __repr__(self) -> str:
         state = f"pid {self.proc.pid}" if self.running and self.proc else "stopped"
         return f"<Node {self.node_id} :{self.client_port} {state}>"
@@ -337,6 +421,28 @@ class NodeFactory:
             node.wait_ready()
         return nodes
 
+    def joined_cluster(
+        self, size: int, timeout: float = 30.0, **kwargs: Any
+    ) -> list[Node]:
+        """C{size} nodes started as the docs say, waited for until they serve as a cluster.
+
+        The first node starts alone (no seeds); the others get it as their seed. Returns
+        once every node's MEMBERS shows all C{size} nodes alive and a write coordinated by
+        each node succeeds (a node refuses to coordinate until it has joined).
+        """
+        extra = list(kwargs.pop("extra_args", ()))
+        nodes = [self.create(**kwargs) for _ in range(size)]
+        first = nodes[0]
+        first.extra_args = list(extra)
+        first.start()
+        for node in nodes[1:]:
+            node.extra_args = [*extra, "--seeds", first.peer_address]
+            node.spawn()
+        for node in nodes[1:]:
+            node.wait_ready()
+        wait_cluster(nodes, timeout)
+        return nodes
+
     def close(self) -> None:
         """Stop every node; print each one's output tail (shown if the test failed)."""
         errors = []
@@ -354,6 +460,24 @@ class NodeFactory:
         self.nodes.clear()
         if errors:
             raise errors[0]
+
+
+def wait_cluster(nodes: Sequence[Node], timeout: float = 30.0) -> None:
+    """Wait until every node sees all of C{nodes} alive and can coordinate a write."""
+    ids = {node.node_id for node in nodes}
+
+    def converged() -> bool:
+        return all(
+            {i: s for i, s in node.members().items() if i in ids} == dict.fromkeys(ids, "alive")
+            for node in nodes
+        )
+
+    wait_until(converged, timeout, f"every node sees {sorted(ids)} alive")
+    for node in nodes:
+        wait_until(
+            lambda node=node: node.command("SET", f"__joined__:{node.node_id}", "1") is True,
+            timeout, f"{node.node_id} coordinates a write",
+        )
 
 
 @pytest.fixture

@@ -211,3 +211,19 @@ def test_refused_multi_runs_none_of_the_queued_commands(context: NodeContext, cl
     assert str(got[3]).startswith("EXECABORT")
     assert got[4] is None
     assert context.keyspace.get(b"c") is None
+
+
+def test_already_fired_deferred_reply_keeps_its_place(context: NodeContext) -> None:
+    """A reply whose Deferred has already fired (a local read at ONE) is written after the
+    plain replies parsed before it in the same packet, not ahead of them."""
+    from twisted.internet.defer import succeed
+
+    class FiredReads(SlowReads):
+        def get(self, key: bytes) -> Deferred[object]:
+            return succeed(self._inner.get(key))  # type: ignore[attr-defined]
+
+    context.keyspace.set(b"k", b"v")
+    context.keyspace = FiredReads(context.keyspace)  # type: ignore[assignment]
+    protocol, transport = connect(context)
+    protocol.dataReceived(b"PING\r\nGET k\r\nGET missing\r\nECHO last\r\n")
+    assert replies(transport) == [b"PONG", b"v", None, b"last"]

@@ -592,19 +592,36 @@ class Coordinator:
         if not write.result.called:
             if outcome.status is Status.SUCCEEDED:
                 write.result.callback(write.version)
-            elif outcome.status is Status.FAILED:
+            elif outcome.status is Status.FAILED and not self._local_write_pending(write):
                 self.stats.writes_unavailable += 1
                 detail = {n: r for n, r in write.reasons.items() if n not in write.acked}
                 for target in write.slots.values():
                     if target.node not in write.acked and target.node not in detail:
-                        detail[target.node] = "timed out"
+                        detail[target.node] = "timed out" if write.expired else "no answer yet"
+                # Count the acks now: the coordination froze its outcome when success
+                # became impossible, possibly before the local copy was committed.
                 write.result.errback(QuorumUnavailable(
-                    "write", outcome.acks, write.required, sorted(write.tried), detail))
+                    "write", len(write.acked), write.required, sorted(write.tried), detail))
         settled = len(write.acked) + len(write.nacked) >= len(write.slots)
         if (settled or write.expired) and write.timer is not None and write.timer.active():
             write.timer.cancel()
             write.timer = None
             write.expired = True
+
+    def _local_write_pending(self, write: _Write) -> bool:
+        """Whether this node's own copy is still being committed (a few ms at most).
+
+        A failed write waits for it so that the error counts it: remote failures can
+        arrive synchronously (a peer in backoff) before the local group commit fires.
+        """
+        if write.expired:
+            return False
+        return any(
+            target.node == self.node_id
+            and target.node not in write.acked
+            and target.node not in write.nacked
+            for target in write.slots.values()
+        )
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -642,7 +659,8 @@ class Coordinator:
             wait_for_all,
         )
         read.timer = self._reactor.callLater(self.request_timeout, self._read_deadline, read)
-        for node in preference:
+        # The local replica first: it answers at once, so it always counts.
+        for node in sorted(preference, key=lambda node: node != self.node_id):
             if read.coordination.finished:
                 break
             self._send_read(read, node, deadline)
@@ -712,9 +730,13 @@ class Coordinator:
             elif outcome.status is Status.FAILED:
                 self.stats.reads_unavailable += 1
                 detail = dict(coordination.failure_reasons)
+                expired = self._reactor.seconds() >= coordination.deadline
                 for replica in coordination.replicas:
                     if replica.node not in detail and replica.node not in coordination.replies:
-                        detail[replica.node] = "timed out"
+                        if replica.node not in read.tried:
+                            detail[replica.node] = "not asked"
+                        else:
+                            detail[replica.node] = "timed out" if expired else "no answer yet"
                 read.result.errback(QuorumUnavailable(
                     "read", outcome.replies, coordination.required_replies,
                     sorted(read.tried), detail))

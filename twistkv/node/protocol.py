@@ -166,6 +166,11 @@ class RespProtocol(Protocol):
             stat.errors += 1
             reply = error_reply(Failure(exc), cmd.name)
         if isinstance(reply, Deferred):
+            if out:
+                # Earlier replies of this read go first: the Deferred may already have
+                # fired (a local read at ONE), and _drain would write it at once.
+                self.transport.write(b"".join(out))
+                out.clear()
             slot = _Slot()
             self._waiting.append(slot)
             reply.addCallbacks(
