@@ -112,6 +112,9 @@ class NodeConfig:
     request_timeout: float = 2.0
     #: Seconds of silence (after failed direct and indirect probes) before a node is dead.
     suspicion_timeout: float = 4.0
+    #: Seconds between background anti-entropy exchanges (0 = off) and keys/s they repair.
+    antientropy_interval: float = 60.0
+    antientropy_rate: int = 100
     enable_flushdb: bool = False
     #: Seconds between active-expiry sweeps (Redis runs its cycle 10x/s).
     expiry_interval: float = 0.1

@@ -133,6 +133,10 @@ class Options(usage.Options):
          "Seconds a request waits for its quorum before answering UNAVAILABLE."],
         ["suspicion-timeout", None, "4.0",
          "Failure detection: seconds a node stays suspect before it is declared dead."],
+        ["antientropy-interval", None, "60",
+         "Seconds between background Merkle-tree comparisons with a peer (0 = off)."],
+        ["antientropy-rate", None, "100",
+         "Keys per second background anti-entropy may repair (REPAIR runs faster)."],
         ["seeds", None, None,
          "Comma-separated peer addresses (host:port) to join [default: $PEERS]."],
     ]
@@ -194,6 +198,15 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--suspicion-timeout must be at least 2 seconds (two protocol periods)"
             )
+        try:
+            antientropy_interval = float(self["antientropy-interval"])
+            if antientropy_interval < 0:
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError(
+                f"--antientropy-interval must be seconds >= 0, not {self['antientropy-interval']!r}"
+            ) from None
+        antientropy_rate = _positive_int("antientropy-rate", self["antientropy-rate"])
         secret = _read_secret(self["cluster-secret"] or env.get("TWISTKV_CLUSTER_SECRET"))
         advertise = self["advertise"]
         if advertise is not None:
@@ -240,6 +253,8 @@ class Options(usage.Options):
             write_quorum=write_quorum,
             request_timeout=request_timeout,
             suspicion_timeout=suspicion_timeout,
+            antientropy_interval=antientropy_interval,
+            antientropy_rate=antientropy_rate,
             enable_flushdb=bool(self["enable-flushdb"]),
         )
 

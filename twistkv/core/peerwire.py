@@ -80,7 +80,7 @@ VERBS: Mapping[str, str] = MappingProxyType(
         "DEL": "store a tombstone record on a replica",
         "ACK": "a replica applied a PUT, DEL or HINT",
         "NACK": "a replica could not serve a request",
-        "VAL": "answer carrying a value: a GET's record or a STATS snapshot",
+        "VAL": "answer carrying a value: a GET's record, a STATS snapshot or an AE_* answer",
         "HINT": "deliver a hinted record from a stand-in to its recovered owner",
         "STATS": "ask a node for its statistics snapshot",
         "SWIM_PING": "SWIM direct probe, piggybacking membership updates",
@@ -90,6 +90,8 @@ VERBS: Mapping[str, str] = MappingProxyType(
         "SWIM_GOSSIP": "push queued membership rumours to a random member (no reply)",
         "SWIM_SYNC": "push the sender's full membership view (anti-entropy)",
         "SWIM_SYNCACK": "answer to SWIM_SYNC with the receiver's full view",
+        "AE_TREE": "ask a replica for the Merkle tree of its keys in shared token ranges",
+        "AE_KEYS": "ask a replica for the keys and record digests of differing tree leaves",
     }
 )
 

@@ -1,5 +1,5 @@
 """A node's cluster side, assembled: membership, peer connections, the ring, coordination,
-hinted handoff and tombstone collection; and the keyspace API the client protocols use.
+hinted handoff, anti-entropy and tombstone collection; and the keyspace API the client protocols use.
 
 L{ClusterRuntime} is built from plain parameters (the node service maps C{NodeConfig} onto
 them) and has L{ClusterRuntime.start} / L{ClusterRuntime.stop}. It listens nowhere itself:
@@ -60,6 +60,7 @@ from twistkv.core.quorum import ConsistencyLevel
 from twistkv.core.record import Version, live_value
 from twistkv.core.ring import DEFAULT_VNODES_PER_NODE, Ring
 from twistkv.core.versioning import HybridLogicalClock
+from twistkv.node.antientropy import AE_VERBS, AntiEntropy
 from twistkv.node.coordinator import REPLICA_VERBS, Coordinator, HintDelivery, ReadResult
 from twistkv.node.gossip import MembershipService
 from twistkv.node.peer import (
@@ -69,7 +70,7 @@ from twistkv.node.peer import (
     PeerServerFactory,
     VerbRouter,
 )
-from twistkv.node.replica import HintStore, ReplicaStore
+from twistkv.node.replica import DATA_PREFIX, HintStore, ReplicaStore
 from twistkv.storage.errors import StorageError
 
 if TYPE_CHECKING:
@@ -125,15 +126,32 @@ class ClusterOptions:
     gc_batch: int = 1000
     peer_connect_timeout: float = 5.0
     peer_request_timeout: float = 5.0
+    #: Seconds between background anti-entropy exchanges (one peer each, jittered +-25%);
+    #: 0 = no background exchanges (REPAIR still works, tombstones fall back to grace-only
+    #: collection, see docs/consistency.md §12).
+    antientropy_interval: float = 60.0
+    #: Keys repaired (pushed + pulled) per second by background exchanges.
+    antientropy_rate: float = 100.0
+    #: Keys repaired per second while a full repair (REPAIR) runs; 0 = unlimited.
+    antientropy_repair_rate: float = 2000.0
+    #: Merkle tree depth: 2**depth leaves per exchange.
+    antientropy_depth: int = 10
+    #: Seconds a peer may take to scan its replica for an AE_TREE / AE_KEYS answer.
+    antientropy_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         if self.n < 1 or not 1 <= self.r <= self.n or not 1 <= self.w <= self.n:
             raise ValueError(f"need 1 <= R, W <= N, got N={self.n} R={self.r} W={self.w}")
         if not self.tombstone_grace > self.hint_max_age:
             raise ValueError("tombstone_grace must exceed hint_max_age")
-        for name in ("request_timeout", "hint_interval", "gc_interval", "hint_max_age"):
+        for name in ("request_timeout", "hint_interval", "gc_interval", "hint_max_age",
+                     "antientropy_rate", "antientropy_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
+        if self.antientropy_interval < 0 or self.antientropy_repair_rate < 0:
+            raise ValueError("antientropy_interval and antientropy_repair_rate must be >= 0")
+        if not 1 <= self.antientropy_depth <= 16:
+            raise ValueError("antientropy_depth must be 1..16")
 
 
 class ClusterRuntime:
@@ -233,6 +251,22 @@ class ClusterRuntime:
             interval=options.hint_interval, batch=options.hint_batch,
             request_timeout=options.peer_request_timeout,
         )
+        background = options.antientropy_interval > 0
+        self.antientropy = AntiEntropy(
+            reactor, node_id, self.replica, self.pool, lambda: self._ring, self.address_of,
+            self.is_alive, n=options.n,
+            interval=options.antientropy_interval if background else None,
+            rate=options.antientropy_rate,
+            repair_rate=options.antientropy_repair_rate or None,
+            depth=options.antientropy_depth, rng=rng,
+            request_timeout=options.peer_request_timeout,
+            scan_timeout=options.antientropy_timeout,
+            # Without background exchanges no replica would ever confirm a tombstone, so
+            # collection falls back to the grace period alone.
+            remove=self._remove_record if background else None,
+            ready_provider=lambda: self.membership.joined,
+        )
+        self.router.route(AE_VERBS, self.antientropy.handle)
         self.keyspace = ClusterKeyspace(self.coordinator)
         self._gc = LoopingCall(self._collect_garbage)
         self._gc.clock = reactor
@@ -298,6 +332,7 @@ class ClusterRuntime:
             "replica_writes_unchanged": replica.unchanged,
             "tombstones_collected": replica.collected,
             "ring_nodes": len(self._ring),
+            **self.antientropy.stats_dict(),
         }
 
     def _answer_stats(self, peer_node_id: str, frame: Frame) -> Frame:
@@ -315,6 +350,7 @@ class ClusterRuntime:
         self.running = True
         self.membership_service.startService()
         self.delivery.start()
+        self.antientropy.start()
         self._gc.start(self.options.gc_interval, now=False).addErrback(
             lambda f: _log.failure("tombstone collection failed", f)
         )
@@ -348,6 +384,7 @@ class ClusterRuntime:
             self._unsubscribe = None
         self.coordinator.shutdown()
         self.delivery.stop()
+        self.antientropy.stop()
         if self._gc.running:
             self._gc.stop()
 
@@ -385,7 +422,14 @@ class ClusterRuntime:
                       error=str(error))
 
     def _collect_garbage(self) -> None:
-        self.replica.collect_garbage(self.options.gc_batch)
+        # Anti-entropy decides: a tombstone goes only once every replica confirmed it.
+        self.antientropy.collect_garbage(self.options.gc_batch)
+
+    def _remove_record(self, key: bytes) -> None:
+        """Physically delete one collected record (anti-entropy's tombstone collection)."""
+        self._committer.commit([(DATA_PREFIX + key, None)])
+        self.replica.stats.records -= 1
+        self.replica.stats.collected += 1
 
 
 # -- the keyspace API -----------------------------------------------------------------------

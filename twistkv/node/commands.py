@@ -1149,6 +1149,20 @@ def cmd_versions(session: ClientSession, args: list[bytes]) -> Any:
     return _then(result, show)
 
 
+def cmd_repair(session: ClientSession, args: list[bytes]) -> Any:
+    """Compare Merkle trees with every live peer now and repair the keys that differ."""
+    summary = _cluster(session).antientropy.repair_all()
+
+    def show(result: Any) -> dict[bytes, Any]:
+        fields = result.as_dict()
+        failures = fields.pop("failures")
+        out: dict[bytes, Any] = {k.encode(): v for k, v in fields.items()}
+        out[b"failures"] = {peer.encode(): reason.encode() for peer, reason in failures.items()}
+        return out
+
+    return _then(summary, show)
+
+
 # -- the table ----------------------------------------------------------------
 
 _HIDDEN_FROM_HELP = {"MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "FLUSHALL", "UNLINK"}
@@ -1219,6 +1233,7 @@ COMMANDS: dict[str, Command] = _table([
     ("MEMBERS", 1, "", cmd_members, "cluster", "", "Cluster members with their state (alive, suspect, dead, left)."),
     ("RING", 1, "", cmd_ring, "cluster", "", "Vnodes, ownership share and key count of every node."),
     ("WHERE", 2, "readonly", cmd_where, "cluster", "key", "Which nodes hold a key (its preference list).", ONE_KEY),
+    ("REPAIR", 1, "admin", cmd_repair, "cluster", "", "Run a full anti-entropy pass now (Merkle trees with every live peer)."),
     ("VERSIONS", 2, "readonly", cmd_versions, "cluster", "key", "Every version of a key with vector clock and HLC timestamp.", ONE_KEY),
     ("MULTI", 1, "fast", cmd_multi, "transactions", "", "Not offered in this mode."),
     ("EXEC", 1, "fast", cmd_exec, "transactions", "", "Not offered in this mode."),

@@ -173,6 +173,8 @@ class KVNodeService(MultiService):
         options = ClusterOptions(
             n=config.replicas, r=config.read_quorum, w=config.write_quorum,
             request_timeout=config.request_timeout,
+            antientropy_interval=config.antientropy_interval,
+            antientropy_rate=config.antientropy_rate,
         )
         self.cluster = ClusterRuntime(
             config.node_id, peer_address, reactor=self._reactor, store=self.store,
