@@ -9,8 +9,18 @@ Routes (documented with examples in C{docs/http-api.md})::
     GET /health          200 / 503 with storage health
     GET /cluster         members and replication (one member until cluster mode)
     GET /metrics         Prometheus text
-    GET /                dashboard (Jinja2); /api/node and /?format=json give its model
+    GET /                dashboard (Jinja2); /api/node and /?format=json give the node model
     GET /static/<path>   dashboard assets, from the installed package
+    GET /api/dashboard   the dashboard's model; /api/<part> one part of it
+                         (overview, members, ring, timeline, traffic, demo)
+    GET /fragments       ?parts=a,b: those parts rendered as HTML, in a JSON object
+    GET /api/events      Server-Sent Events (failures, healing, traffic); Last-Event-ID
+    GET /api/where/<key> preference list and what each replica holds (?consistency=)
+    POST /api/demo/pause|resume  demo controls; need --admin-token (docs/dashboard.md)
+
+The /kv routes take C{?consistency=one|quorum|all} (default: the node's R and W);
+in cluster mode they go through the quorum coordinator. The dashboard is
+described in C{docs/dashboard.md}.
 
 Design:
  - Handlers are thin: they parse the request, call the node's
@@ -34,6 +44,8 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hmac
+import io
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -45,28 +57,53 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from twistkv.core.quorum import ConsistencyLevel, InvalidConsistencyLevel
+from twistkv.core.record import Record
+from twistkv.node.cluster import NotSupported
+from twistkv.node.coordinator import KeyTooLong, QuorumUnavailable
+from twistkv.node.events import (
+    ClusterWatch,
+    EventBus,
+    MembershipPause,
+    PauseRefused,
+    watch_cluster,
+)
 from twistkv.node.keyspace import LocalKeyspace
 from twistkv.storage.errors import StorageError
 from twistkv.web.bounded import BoundedRequest, bounded_request_factory
+from twistkv.web.dashboard import (
+    PARTS,
+    DashboardSnapshot,
+    dashboard_view,
+    event_view,
+    snapshot_dashboard,
+)
+from twistkv.web.sse import EventStream
 from twistkv.web.templating import render, static_asset
 from twistkv.web.views import (
     WebNode,
     cluster_view,
+    encode_bytes,
     health_view,
     node_view,
     record_view,
+    sibling_view,
     snapshot_node,
     write_view,
 )
 
 __all__ = [
+    "ADMIN_TOKEN_HEADER",
     "ApiError",
     "CLIENT_CLOSED",
     "DEFAULT_KEYS_LIMIT",
+    "MAX_EVENT_STREAMS",
     "MAX_KEYS_LIMIT",
     "NodeWebApp",
     "REFUSED_BODY_ROUTE",
@@ -85,6 +122,17 @@ REFUSED_BODY_ROUTE = "<body-too-large>"
 #: Status counted when the client disconnects before its response was sent
 #: (nginx's convention; never sent on the wire).
 CLIENT_CLOSED = 499
+
+#: The header carrying the admin token of the demo controls (never a cookie: a
+#: custom header cannot be sent cross-origin without a CORS preflight, which we
+#: never grant, so the controls are CSRF-safe).
+ADMIN_TOKEN_HEADER = b"x-twistkv-admin-token"
+#: Concurrent Server-Sent Event streams one node serves (a classroom, not the internet).
+MAX_EVENT_STREAMS = 200
+#: How long a demo request forwarded to another node may take.
+_FORWARD_TIMEOUT_S = 5.0
+#: Binary-safe key routes: the raw key after the prefix becomes one segment.
+_KEY_PREFIXES = ((b"/kv/", [b"kv"]), (b"/api/where/", [b"api", b"where"]))
 
 DEFAULT_KEYS_LIMIT = 100
 MAX_KEYS_LIMIT = 10_000
@@ -271,6 +319,17 @@ def _int_param(
     return int(text)
 
 
+def _consistency(query: dict[bytes, list[bytes]]) -> ConsistencyLevel | None:
+    """C{?consistency=one|quorum|all}; absent, empty or C{default}: the node's R and W."""
+    raw = _param(query, "consistency")
+    if raw is None or raw.strip().lower() in (b"", b"default"):
+        return None
+    try:
+        return ConsistencyLevel.parse(raw.decode("ascii", "replace"))
+    except InvalidConsistencyLevel as exc:
+        raise ApiError(400, "invalid_parameter", str(exc)) from None
+
+
 def _format(query: dict[bytes, list[bytes]]) -> str:
     raw = _param(query, "format")
     if raw is None or raw == b"raw":
@@ -345,9 +404,11 @@ class _ApiRoot(Resource):
     def render(self, request: Request) -> Any:
         self._web._begin(request)
         raw_path = request.path
-        if raw_path.startswith(b"/kv/"):
-            key = unquote_to_bytes(raw_path[4:])
-            request.postpath = [b"kv", quote_from_bytes(key, safe="").encode("ascii")]
+        for prefix, segments in _KEY_PREFIXES:
+            if raw_path.startswith(prefix):
+                key = unquote_to_bytes(raw_path[len(prefix):])
+                request.postpath = [*segments, quote_from_bytes(key, safe="").encode("ascii")]
+                break
         else:
             try:
                 for segment in request.postpath or ():
@@ -357,20 +418,70 @@ class _ApiRoot(Resource):
         return self._routed.render(request)
 
 
+class _QuietSite(Site):
+    """A C{Site} that leaves the dashboard's own polling out of the access log.
+
+    An open dashboard asks for fragments about once a second; logging each would
+    bury the requests that matter.
+    """
+
+    _QUIET = (b"/fragments", b"/static/", b"/api/events")
+
+    def log(self, request: Request) -> None:
+        if request.path.startswith(self._QUIET):
+            return
+        super().log(request)
+
+
 class NodeWebApp:
     """The HTTP API and dashboard of one node.
 
     Built by the node service as C{NodeWebApp(service)}; mount L{site} (or
     L{resource} in a C{Site} of your own) on the C{--http} endpoint.
+
+    The dashboard's live parts read the node's C{events} (an L{EventBus}),
+    C{cluster_watch} (a L{ClusterWatch}) and C{membership_pause} (a
+    L{MembershipPause}) when the node has them. A node without them (until
+    the service creates them itself) gets them from L{site}: given a reactor,
+    it creates the bus, and the watch and pause for the node's cluster
+    runtime; the watch stops by itself when the runtime stops.
     """
 
     app = Klein()
 
-    def __init__(self, node: WebNode) -> None:
+    def __init__(self, node: WebNode, reactor: IReactorTime | None = None) -> None:
         self._node = node
         #: Route pattern of each request in flight, for the request counter.
         self._labels: dict[Request, str] = {}
         self._root = _ApiRoot(self, self.app.resource())
+        self._reactor = reactor
+        self.events: EventBus | None = getattr(node, "events", None)
+        self.watch: ClusterWatch | None = getattr(node, "cluster_watch", None)
+        self.pause_control: MembershipPause | None = getattr(node, "membership_pause", None)
+        self.streams = 0
+        if reactor is not None:
+            self._ensure_events(reactor)
+
+    def _ensure_events(self, reactor: IReactorTime) -> None:
+        """Create what the node did not provide: event bus, cluster watch, pause control."""
+        if self.events is None:
+            self.events = EventBus(reactor)
+        context = self._node.context
+        cluster = getattr(context, "cluster", None) if context is not None else None
+        if cluster is None:
+            return
+        if self.watch is None:
+            self.watch = watch_cluster(self.events, cluster, reactor, stats=self._node.stats)
+        if self.pause_control is None:
+            self.pause_control = MembershipPause(cluster, reactor, self.events)
+
+    def _clock(self) -> IReactorTime:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor  # type: ignore[assignment]
+        assert self._reactor is not None
+        return self._reactor
 
     # -- mounting ---------------------------------------------------------
 
@@ -385,7 +496,10 @@ class NodeWebApp:
             on_refused=lambda: self._count(REFUSED_BODY_ROUTE, 413),
         )
         kwargs: dict[str, Any] = {} if reactor is None else {"reactor": reactor}
-        site = Site(self._root, requestFactory=request_factory, **kwargs)
+        if reactor is not None:
+            self._reactor = reactor
+            self._ensure_events(reactor)
+        site = _QuietSite(self._root, requestFactory=request_factory, **kwargs)
         site.noisy = False
         return site
 
@@ -417,23 +531,59 @@ class NodeWebApp:
         host: bytes = request.getRequestHostname()
         return host.decode("utf-8", "replace")
 
+    def _cluster(self) -> Any:
+        """The node's cluster runtime, or None."""
+        context = self._node.context
+        return getattr(context, "cluster", None) if context is not None else None
+
+    def _clustered(self) -> Any:
+        """The cluster runtime when the node serves from the replicated keyspace, else None."""
+        context = self._node.context
+        cluster = self._cluster()
+        if cluster is not None and context is not None and context.keyspace is cluster.keyspace:
+            return cluster
+        return None
+
+    def _dashboard(self, request: Request) -> DashboardSnapshot:
+        if self.watch is not None:
+            self.watch.demand()
+        pause = self.pause_control
+        return snapshot_dashboard(
+            self._node, self._snapshot_host(request), bus=self.events, watch=self.watch,
+            paused_until=pause.paused_until if pause is not None and pause.paused else None,
+        )
+
     # -- key-value routes ---------------------------------------------------
 
     @_route(app, "/kv/<key>", "GET", "HEAD")
-    def get_value(self, request: Request, key: str) -> bytes:
+    async def get_value(self, request: Request, key: str) -> bytes:
         """The live value as raw bytes, or with its versions as JSON."""
         query = _query(request)
         fmt = _format(query)
+        consistency = _consistency(query)
         name = unquote_to_bytes(key)
         keyspace = self._keyspace()
-        live = keyspace.get(name)
+        cluster = self._clustered()
+        read: dict[str, Any] | None = None
+        if cluster is not None:
+            result = await _detached(cluster.coordinator.get(name, consistency))
+            live = result.live(keyspace.now_ms())
+            record: Record | None = Record(result.versions)
+            read = _read_view(consistency, result)
+        else:
+            live = keyspace.get(name)
+            record = None
         stats = self._node.stats
         if live is None:
             stats.keyspace_misses += 1
             raise ApiError(404, "key_not_found", f"no such key: {_show(name)}")
         stats.keyspace_hits += 1
         if fmt == "json":
-            view = record_view(name, live, keyspace.record(name), keyspace.now_ms())
+            if cluster is None:
+                record = keyspace.record(name)
+            view = record_view(name, live, record, keyspace.now_ms())
+            if read is not None:
+                view["read"] = read
             return _json_body(request, 200, view)
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", b"%d" % len(live.value))
@@ -445,6 +595,7 @@ class NodeWebApp:
         """Store a value; answers once it is durable, 201 if the key was new."""
         query = _query(request)
         fmt = _format(query)
+        consistency = _consistency(query)
         name = unquote_to_bytes(key)
         limit = self._node.config.max_value_bytes
         query_ttl = _ttl_ms(
@@ -470,6 +621,18 @@ class NodeWebApp:
             expires_at = now + ttl
             if expires_at >= _MAX_EXPIRES_AT_MS:
                 raise ApiError(400, "invalid_parameter", "ttl is too far in the future")
+        cluster = self._clustered()
+        if cluster is not None:
+            # As SET does: a blind write through the coordinator, W replicas at the level.
+            prior = await _detached(cluster.coordinator.get(name, consistency))
+            created = prior.live(now) is None
+            version = await _detached(
+                cluster.coordinator.put(name, value, consistency, expires_at))
+            if created:
+                request.setHeader(
+                    b"location", b"/kv/" + quote_from_bytes(name, safe="").encode())
+            return _json_body(
+                request, 201 if created else 200, write_view(name, version, created, now))
         created = keyspace.get(name) is None
         wait = keyspace.set(name, value, expires_at)
         record = keyspace.record(name)
@@ -490,9 +653,10 @@ class NodeWebApp:
     @_route(app, "/kv/<key>", "DELETE")
     async def delete_value(self, request: Request, key: str) -> bytes:
         """Delete a key; answers once the deletion is durable."""
+        consistency = _consistency(_query(request))
         name = unquote_to_bytes(key)
         try:
-            removed = await _detached(self._keyspace().delete([name]))
+            removed = await _detached(self._keyspace().at(consistency).delete([name]))
         except StorageError as exc:
             raise ApiError(
                 503,
@@ -572,15 +736,214 @@ class NodeWebApp:
 
     @_route(app, "/", "GET")
     def index(self, request: Request) -> bytes:
-        """The landing page, or its model with C{?format=json}."""
+        """The dashboard, or this node's model with C{?format=json}."""
         view = node_view(snapshot_node(self._node, self._snapshot_host(request)))
         if _format(_query(request)) == "json":
             return _json_body(request, 200, view)
-        body = render("index.html", node=view)
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"content-length", b"%d" % len(body))
-        request.setHeader(b"cache-control", b"no-store")
-        return body
+        body = render("index.html", node=view, dash=dashboard_view(self._dashboard(request)))
+        return _html_body(request, body)
+
+    # -- dashboard data -------------------------------------------------------------
+
+    @_route(app, "/api/dashboard", "GET")
+    def dashboard_json(self, request: Request) -> bytes:
+        """The whole dashboard model (or C{?parts=a,b}), as the page is rendered from it."""
+        parts = _parts(_query(request), required=False)
+        return _json_body(request, 200, dashboard_view(self._dashboard(request), parts))
+
+    @_route(app, "/api/<part>", "GET")
+    def dashboard_part(self, request: Request, part: str) -> bytes:
+        """One part of the dashboard model: overview, members, ring, timeline, traffic, demo."""
+        if part not in PARTS:
+            raise ApiError(404, "not_found", f"no route for GET /api/{part}")
+        return _json_body(request, 200, PARTS[part](self._dashboard(request)))
+
+    @_route(app, "/fragments", "GET")
+    def fragments(self, request: Request) -> bytes:
+        """C{?parts=a,b}: those dashboard parts rendered as HTML, in one JSON object.
+
+        The page's script swaps them in when the event stream says something
+        changed, so every part has exactly one renderer: its Jinja2 template.
+        """
+        parts = _parts(_query(request), required=True)
+        assert parts is not None
+        view = dashboard_view(self._dashboard(request), parts)
+        html = {part: render(f"parts/{part}.html", dash=view).decode("utf-8") for part in parts}
+        return _json_body(request, 200, {"parts": html, "stream": view["stream"]})
+
+    @_route(app, "/api/events", "GET")
+    def event_stream(self, request: Request) -> Deferred[None]:
+        """Server-Sent Events: failures, healing and traffic as they happen (see L{EventStream}).
+
+        Resumes after C{Last-Event-ID} (or C{?since=}, for the page's first connection).
+        """
+        bus = self.events
+        if bus is None:
+            raise ApiError(503, "events_unavailable", "this node has no event stream yet")
+        if self.streams >= MAX_EVENT_STREAMS:
+            raise ApiError(503, "too_many_streams",
+                           f"this node already serves {MAX_EVENT_STREAMS} event streams")
+        last = request.getHeader(b"last-event-id") or _param(_query(request), "since")
+        if self.watch is not None:
+            self.watch.demand()
+        self.streams += 1
+
+        def closed() -> None:
+            self.streams -= 1
+
+        stream = EventStream(request, bus, self._clock(), render=event_view, on_close=closed)
+        return stream.start(last)
+
+    @_route(app, "/api/where/<key>", "GET")
+    async def where(self, request: Request, key: str) -> bytes:
+        """The key's preference list, and what each replica holds (like WHERE + VERSIONS)."""
+        consistency = _consistency(_query(request))
+        name = unquote_to_bytes(key)
+        key_text, key_encoding = encode_bytes(name)
+        keyspace = self._keyspace()
+        cluster = self._clustered()
+        document: dict[str, Any] = {
+            "key": key_text, "key_encoding": key_encoding,
+            "consistency": consistency.value if consistency is not None else "default",
+        }
+        if cluster is None:
+            record = keyspace.record(name)
+            now = keyspace.now_ms()
+            versions = [sibling_view(v, now) for v in (record.versions if record else ())]
+            me = self._node.config.node_id
+            document.update(mode="single", n=1, siblings=versions, error=None, replicas=[{
+                "node": me, "role": "replica", "state": "alive", "address": None,
+                "answered": True, "versions": versions, "error": None,
+            }])
+            return _json_body(request, 200, document)
+        n = cluster.options.n
+        ring = cluster.ring
+        owners = ring.preference_list(name, n)
+        fallbacks = ring.fallback_nodes(name, n, limit=2)
+        result: Any = None
+        error: dict[str, Any] | None = None
+        try:
+            result = await _detached(cluster.keyspace.record(name, consistency))
+        except QuorumUnavailable as exc:
+            error = {"code": "unavailable", "message": str(exc)}
+        now = keyspace.now_ms()
+        rows = []
+        for role, nodes in (("replica", owners), ("fallback", fallbacks)):
+            for node in nodes:
+                member = cluster.membership.get(node)
+                state = "alive" if node == cluster.node_id else (
+                    member.state.value if member is not None else "unknown")
+                replies = result.replies if result is not None else {}
+                failures = result.failures if result is not None else {}
+                held = replies.get(node)
+                rows.append({
+                    "node": node, "role": role, "state": state,
+                    "address": cluster.address_of(node),
+                    "answered": held is not None,
+                    "versions": [sibling_view(v, now) for v in held] if held is not None else None,
+                    "error": failures.get(node),
+                })
+        document.update(
+            mode="cluster", n=n, error=error, replicas=rows,
+            siblings=[sibling_view(v, now) for v in result.versions] if result else [],
+        )
+        return _json_body(request, 200, document)
+
+    # -- demo controls ------------------------------------------------------------------
+
+    def _check_admin(self, request: Request) -> None:
+        """Refuse unless demo controls are on, the token matches, and the request is same-origin."""
+        token = getattr(self._node.config, "admin_token", None)
+        if not token:
+            raise ApiError(403, "demo_disabled",
+                           "demo controls are off; start the node with --admin-token")
+        site = request.getHeader(b"sec-fetch-site")
+        origin = request.getHeader(b"origin")
+        host = request.getHeader(b"host") or b""
+        if site is not None and site not in (b"same-origin", b"none"):
+            raise ApiError(403, "cross_origin", "demo controls accept same-origin requests only")
+        if origin is not None and origin not in (b"http://" + host, b"https://" + host):
+            raise ApiError(403, "cross_origin", "demo controls accept same-origin requests only")
+        given = request.getHeader(ADMIN_TOKEN_HEADER) or b""
+        expected = token.encode("utf-8") if isinstance(token, str) else bytes(token)
+        if not hmac.compare_digest(given, expected):
+            raise ApiError(401, "bad_admin_token",
+                           "missing or wrong X-Twistkv-Admin-Token header")
+
+    def _demo_target(self, request: Request) -> tuple[dict[str, Any], str]:
+        body = _read_body(request, 4096, "JSON body")
+        try:
+            document = json.loads(body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "invalid_json", "body is not valid JSON") from None
+        if not isinstance(document, dict):
+            raise ApiError(400, "invalid_json", "body must be a JSON object")
+        target = document.get("node") or self._node.config.node_id
+        if not isinstance(target, str):
+            raise ApiError(400, "invalid_json", '"node" must be a node id')
+        return document, target
+
+    async def _forward(self, request: Request, target: str, path: bytes,
+                       document: dict[str, Any]) -> bytes:
+        """Relay a demo request to the node C{target}'s own HTTP API, with our token."""
+        cluster = self._cluster()
+        member = cluster.membership.get(target) if cluster is not None else None
+        address = member.metadata.get("http") if member is not None else None
+        if address is None:
+            raise ApiError(404, "unknown_node", f"no member {target!r} with an HTTP address")
+        token = request.getHeader(ADMIN_TOKEN_HEADER) or b""
+        agent = Agent(self._clock())  # type: ignore[arg-type]
+        forwarded = dict(document, node=target)
+        asked = agent.request(
+            b"POST", f"http://{address}".encode("ascii") + path,
+            Headers({b"content-type": [b"application/json"], ADMIN_TOKEN_HEADER: [token]}),
+            FileBodyProducer(io.BytesIO(json.dumps(forwarded).encode())),
+        )
+        asked.addTimeout(_FORWARD_TIMEOUT_S, self._clock())  # type: ignore[arg-type]
+        try:
+            response = await _detached(asked)
+            body: bytes = await _detached(readBody(response))
+            answer = json.loads(body)
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the peer
+            raise ApiError(502, "node_unreachable",
+                           f"could not reach {target} at {address}: {exc}") from None
+        return _json_body(request, response.code, answer)
+
+    @_route(app, "/api/demo/pause", "POST")
+    async def demo_pause(self, request: Request) -> bytes:
+        """Pause a node's membership for C{seconds} (JSON body C{{"seconds", "node"}})."""
+        self._check_admin(request)
+        document, target = self._demo_target(request)
+        if target != self._node.config.node_id:
+            return await self._forward(request, target, b"/api/demo/pause", document)
+        seconds = document.get("seconds", 20)
+        if type(seconds) not in (int, float):
+            raise ApiError(400, "invalid_json", '"seconds" must be a number')
+        pause = self.pause_control
+        if pause is None:
+            raise ApiError(409, "no_cluster", "this node runs no cluster membership to pause")
+        try:
+            until = pause.pause(float(seconds))
+        except ValueError as exc:
+            raise ApiError(400, "invalid_parameter", str(exc)) from None
+        except PauseRefused as exc:
+            raise ApiError(409, "pause_refused", str(exc)) from None
+        return _json_body(request, 200, {"node": target, "paused": True,
+                                         "seconds": float(seconds), "until": until})
+
+    @_route(app, "/api/demo/resume", "POST")
+    async def demo_resume(self, request: Request) -> bytes:
+        """End a pause early (JSON body C{{"node"}}, default this node)."""
+        self._check_admin(request)
+        document, target = self._demo_target(request)
+        if target != self._node.config.node_id:
+            return await self._forward(request, target, b"/api/demo/resume", document)
+        pause = self.pause_control
+        was_paused = pause is not None and pause.paused
+        if pause is not None:
+            pause.resume()
+        return _json_body(request, 200, {"node": target, "paused": False,
+                                         "resumed": was_paused})
 
     @_route(app, "/static/<path:name>", "GET")
     def static(self, request: Request, name: str) -> bytes:
@@ -615,6 +978,24 @@ class NodeWebApp:
             f"storage failure on this node, nothing was written: {failure.getErrorMessage()}",
         )
 
+    @app.handle_errors(QuorumUnavailable)
+    def _unavailable(self, request: Request, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, QuorumUnavailable)
+        return _json_body(request, 503, {"error": {
+            "code": "unavailable", "message": str(error), "acks": error.acks,
+            "required": error.required, "replicas_tried": list(error.replicas_tried),
+            "detail": dict(error.detail),
+        }})
+
+    @app.handle_errors(KeyTooLong)
+    def _key_too_long(self, request: Request, failure: Failure) -> bytes:
+        return _error_body(request, 400, "key_too_long", failure.getErrorMessage())
+
+    @app.handle_errors(NotSupported)
+    def _not_supported(self, request: Request, failure: Failure) -> bytes:
+        return _error_body(request, 501, "not_supported", failure.getErrorMessage())
+
     @app.handle_errors(HTTPException)
     def _routing_error(self, request: Request, failure: Failure) -> bytes:
         error = failure.value
@@ -645,6 +1026,38 @@ class NodeWebApp:
     def _internal_error(self, request: Request, failure: Failure) -> bytes:
         _log.failure("unexpected error serving {uri}", failure, uri=request.uri)
         return _error_body(request, 500, "internal_error", "internal error; see the node's log")
+
+
+def _html_body(request: Request, body: bytes) -> bytes:
+    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+    request.setHeader(b"content-length", b"%d" % len(body))
+    request.setHeader(b"cache-control", b"no-store")
+    return body
+
+
+def _parts(query: dict[bytes, list[bytes]], required: bool) -> list[str] | None:
+    """C{?parts=a,b} as a list of known part names (None when absent and not required)."""
+    raw = _param(query, "parts")
+    if raw is None:
+        if required:
+            raise ApiError(400, "invalid_parameter", f"give parts=, some of {', '.join(PARTS)}")
+        return None
+    names = [p for p in raw.decode("ascii", "replace").split(",") if p]
+    unknown = [p for p in names if p not in PARTS]
+    if unknown or not names:
+        raise ApiError(400, "invalid_parameter",
+                       f"unknown part(s) {', '.join(unknown) or '(none)'}; "
+                       f"use {', '.join(PARTS)}")
+    return names
+
+
+def _read_view(consistency: ConsistencyLevel | None, result: Any) -> dict[str, Any]:
+    """How a cluster read was answered: the level, who replied, who failed and why."""
+    return {
+        "consistency": consistency.value if consistency is not None else "default",
+        "replied": sorted(result.replies),
+        "failed": dict(sorted(result.failures.items())),
+    }
 
 
 def _parse_json_value(body: bytes) -> tuple[bytes, int | None]:

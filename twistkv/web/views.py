@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CLUSTER_NAME",
+    "MemberSnapshot",
     "NodeSnapshot",
     "WebNode",
     "advertised_address",
@@ -43,6 +44,7 @@ __all__ = [
     "iso_timestamp",
     "node_view",
     "record_view",
+    "sibling_view",
     "snapshot_node",
     "version_view",
     "write_view",
@@ -388,6 +390,11 @@ def _ttl_ms(version: Version, now_ms: int) -> int | None:
     if not version.expires_at_ms:
         return None
     return max(0, version.expires_at_ms - now_ms)
+
+
+def sibling_view(version: Version, now_ms: int) -> dict[str, Any]:
+    """One stored version (sibling) with its value, causal metadata and flags."""
+    return _sibling_view(version, now_ms)
 
 
 def _sibling_view(version: Version, now_ms: int) -> dict[str, Any]:
