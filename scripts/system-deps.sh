@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and benchmarks drive twistkv with:
-# redis-tools (redis-cli, redis-benchmark) and redis-server (the benchmark's
-# reference). Idempotent; needs root (CI and the dev machines run as root).
+# redis-tools (redis-cli, redis-benchmark), redis-server (the benchmark's
+# reference), chromium and chromium-driver (the dashboard's browser test). Idempotent; needs root (CI and the dev machines run as root).
 set -euo pipefail
 need=()
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# The dashboard's browser test drives Debian's headless Chromium through chromedriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "system-deps: need ${need[*]} (apt-get as root); tests that use them will be skipped" >&2

@@ -115,6 +115,8 @@ class NodeConfig:
     #: Seconds between background anti-entropy exchanges (0 = off) and keys/s they repair.
     antientropy_interval: float = 60.0
     antientropy_rate: int = 100
+    #: Token that unlocks the dashboard's demo controls (pause a node); None = controls off.
+    admin_token: str | None = None
     enable_flushdb: bool = False
     #: Seconds between active-expiry sweeps (Redis runs its cycle 10x/s).
     expiry_interval: float = 0.1

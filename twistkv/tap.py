@@ -137,6 +137,9 @@ class Options(usage.Options):
          "Seconds between background Merkle-tree comparisons with a peer (0 = off)."],
         ["antientropy-rate", None, "100",
          "Keys per second background anti-entropy may repair (REPAIR runs faster)."],
+        ["admin-token", None, None,
+         "Enable the dashboard's demo controls, guarded by this token "
+         "[default: $TWISTKV_ADMIN_TOKEN, else off]."],
         ["seeds", None, None,
          "Comma-separated peer addresses (host:port) to join [default: $PEERS]."],
     ]
@@ -207,6 +210,9 @@ class Options(usage.Options):
                 f"--antientropy-interval must be seconds >= 0, not {self['antientropy-interval']!r}"
             ) from None
         antientropy_rate = _positive_int("antientropy-rate", self["antientropy-rate"])
+        admin_token = self["admin-token"] or env.get("TWISTKV_ADMIN_TOKEN") or None
+        if admin_token is not None and len(admin_token) < 8:
+            raise usage.UsageError("--admin-token must be at least 8 characters long")
         secret = _read_secret(self["cluster-secret"] or env.get("TWISTKV_CLUSTER_SECRET"))
         advertise = self["advertise"]
         if advertise is not None:
@@ -255,6 +261,7 @@ class Options(usage.Options):
             suspicion_timeout=suspicion_timeout,
             antientropy_interval=antientropy_interval,
             antientropy_rate=antientropy_rate,
+            admin_token=admin_token,
             enable_flushdb=bool(self["enable-flushdb"]),
         )
 

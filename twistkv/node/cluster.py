@@ -246,6 +246,8 @@ class ClusterRuntime:
         )
         self.router.route(REPLICA_VERBS, self.coordinator.handle)
         self.router.route(("STATS",), self._answer_stats)
+        #: Extra members of the STATS answer (the dashboard adds per-command latency).
+        self.stats_extras: dict[str, Callable[[], Any]] = {}
         self.delivery = HintDelivery(
             reactor, node_id, self.hints, self.pool, self.address_of, self.is_alive,
             interval=options.hint_interval, batch=options.hint_batch,
@@ -337,7 +339,9 @@ class ClusterRuntime:
 
     def _answer_stats(self, peer_node_id: str, frame: Frame) -> Frame:
         """STATS (§5.4): this node's cluster counters as JSON, for RING and the dashboard."""
-        return Frame("VAL", 0, {}, json.dumps(self.stats(), sort_keys=True).encode())
+        document: dict[str, Any] = dict(self.stats())
+        document.update({name: source() for name, source in self.stats_extras.items()})
+        return Frame("VAL", 0, {}, json.dumps(document, sort_keys=True).encode())
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -106,6 +106,9 @@ class KVNodeService(MultiService):
         self.committer: GroupCommitter | None = None
         self.context: NodeContext | None = None
         self.cluster: Any = None
+        self.events: Any = None
+        self.cluster_watch: Any = None
+        self.membership_pause: Any = None
         self.local_keyspace: LocalKeyspace | None = None
         self._chores: list[LoopingCall] = []
         self._log_observer: FileLogObserver | None = None
@@ -134,6 +137,13 @@ class KVNodeService(MultiService):
             keyspace=keyspace, config=config, stats=self.stats, started_at=self._reactor.seconds()
         )
         self._start_cluster()
+        from twistkv.node.events import EventBus, MembershipPause, watch_cluster
+
+        self.events = EventBus(self._reactor)
+        self.cluster_watch = watch_cluster(
+            self.events, self.cluster, self._reactor, stats=self.stats
+        )
+        self.membership_pause = MembershipPause(self.cluster, self._reactor, self.events)
         self._wire_stats()
         self._listen(config.listen, RespFactory(self.context))
         if config.http is not None:
@@ -253,6 +263,8 @@ class KVNodeService(MultiService):
         globalLogPublisher.addObserver(self._log_observer)
 
     def stopService(self) -> Any:
+        if self.cluster_watch is not None:
+            self.cluster_watch.stop()
         for loop in self._chores:
             if loop.running:
                 loop.stop()
