@@ -610,13 +610,14 @@ def test_statefulset_variables_are_defined_before_use() -> None:
 
 
 def test_statefulset_probes_hit_the_real_ports_and_paths() -> None:
-    """Readiness (and startup) GET /health on the command's --http port; liveness
+    """Readiness GETs /ready (joined and healthy), startup GETs /health, on the command's
+    --http port; liveness
     GETs /health there or opens the --listen port; thresholds leave a live node
     at least 30 s to answer before it is restarted."""
     ports = node_ports(kvnode_args(pod_argv("twistkv-0")))
     spec = container()
     readiness = spec["readinessProbe"]
-    assert readiness["httpGet"]["path"] == "/health"
+    assert readiness["httpGet"]["path"] == "/ready"
     assert container_port(readiness["httpGet"]["port"]) == ports["http"]
     if "startupProbe" in spec:
         assert spec["startupProbe"]["httpGet"]["path"] == "/health"

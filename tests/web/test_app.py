@@ -541,6 +541,17 @@ def test_health_503_when_storage_unhealthy(web: Web) -> None:
     assert doc["error"]["code"] == "storage_unavailable"
 
 
+def test_ready_follows_storage_health(web: Web) -> None:
+    """/ready is 200 for a healthy node (a node without a cluster has nothing to join)
+    and 503 with code not_ready once storage fails."""
+    status, doc = call_json(web, "GET", "/ready")
+    assert status == 200 and doc["joined"] is True
+    web.node.committer.healthy = False  # type: ignore[union-attr]
+    status, doc = call_json(web, "GET", "/ready")
+    assert status == 503
+    assert doc["error"]["code"] == "not_ready"
+
+
 def test_cluster_single_node_shape(web: Web) -> None:
     """/cluster lists this node alone, with dialable addresses built from the Host header."""
     web.node.keyspace.set(b"k", b"v")

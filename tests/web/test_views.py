@@ -199,3 +199,9 @@ def test_cluster_view_lists_every_member() -> None:
     assert view["nodes"][0]["keys"] == 7 and view["nodes"][1]["keys"] is None
     assert view["counters"] == {"hints_stored": 4}
     assert json.loads(json.dumps(view)) == view
+
+
+def test_health_view_reports_joined() -> None:
+    """/health and /ready carry whether the node has joined its cluster."""
+    assert health_view(SNAPSHOT)["joined"] is True
+    assert health_view(replace(SNAPSHOT, joined=False))["joined"] is False

@@ -714,6 +714,24 @@ class NodeWebApp:
         }
         return _json_body(request, 503, view)
 
+    @_route(app, "/ready", "GET")
+    def ready(self, request: Request) -> bytes:
+        """Readiness: 200 once storage is healthy and the node has joined its cluster.
+
+        A node that has not joined answers every request UNAVAILABLE, so a load balancer
+        or Kubernetes should not send it clients yet (liveness stays on /health).
+        """
+        view = health_view(snapshot_node(self._node, self._snapshot_host(request)))
+        if view["storage"]["healthy"] and view["joined"]:
+            return _json_body(request, 200, view)
+        view["status"] = "not ready"
+        view["error"] = {
+            "code": "not_ready",
+            "message": "storage is failing" if not view["storage"]["healthy"]
+            else "this node has not joined its cluster yet",
+        }
+        return _json_body(request, 503, view)
+
     @_route(app, "/cluster", "GET")
     def cluster(self, request: Request) -> bytes:
         """Cluster membership and replication settings."""

@@ -134,6 +134,8 @@ class NodeSnapshot:
     replication: tuple[int, int, int] = (1, 1, 1)
     members: tuple[MemberSnapshot, ...] = ()
     cluster_counters: tuple[tuple[str, int], ...] = ()
+    #: Whether the node has joined its cluster and will coordinate requests.
+    joined: bool = True
 
 
 def _snapshot_members(cluster: Any, now_s: float) -> tuple[MemberSnapshot, ...]:
@@ -202,6 +204,7 @@ def _cluster_fields(node: WebNode, context: Any, now_ms: int) -> dict[str, Any]:
         "mode": "cluster" if clustered else "single",
         "replication": (config.replicas, config.read_quorum, config.write_quorum),
         "members": _snapshot_members(cluster, now_ms / 1000),
+        "joined": bool(cluster.membership.joined),
         "cluster_counters": tuple(sorted(cluster.stats().items())),
     }
 
@@ -239,6 +242,7 @@ def health_view(snapshot: NodeSnapshot) -> dict[str, Any]:
         "node_id": snapshot.node_id,
         "uptime_s": _uptime_s(snapshot),
         "storage": _storage_view(snapshot),
+        "joined": snapshot.joined,
     }
 
 
