@@ -120,4 +120,9 @@ class NodeConfig:
     enable_flushdb: bool = False
     #: Seconds between active-expiry sweeps (Redis runs its cycle 10x/s).
     expiry_interval: float = 0.1
+    #: LAN discovery (docs/discovery.md): "udp" announces by UDP broadcast, "none" is off.
+    discovery: str = "none"
+    discovery_port: int = 7381
+    discovery_broadcast: str = "255.255.255.255"
+    discovery_interval: float = 5.0
     extra: dict[str, str] = field(default_factory=dict)

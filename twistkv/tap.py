@@ -8,6 +8,7 @@ traceback from deep inside startup.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ from twistkv.config import (
     NodeIdError,
     resolve_node_id,
     valid_node_id,
+)
+from twistkv.core.discovery import (
+    DEFAULT_BROADCAST_ADDRESS,
+    DEFAULT_DISCOVERY_PORT,
+    DEFAULT_INTERVAL,
 )
 
 __all__ = ["Options", "makeService"]
@@ -142,6 +148,15 @@ class Options(usage.Options):
          "[default: $TWISTKV_ADMIN_TOKEN, else off]."],
         ["seeds", None, None,
          "Comma-separated peer addresses (host:port) to join [default: $PEERS]."],
+        ["discovery", None, "none",
+         "LAN discovery: 'udp' announces this node by UDP broadcast and joins the nodes it "
+         "hears, no seeds needed (one broadcast domain; docs/discovery.md); 'none' is off."],
+        ["discovery-port", None, str(DEFAULT_DISCOVERY_PORT),
+         "UDP port of --discovery udp, the same on every node."],
+        ["discovery-broadcast", None, DEFAULT_BROADCAST_ADDRESS,
+         "Where --discovery udp announces go, e.g. the LAN's 192.168.1.255."],
+        ["discovery-interval", None, str(DEFAULT_INTERVAL),
+         "Seconds between --discovery udp announces."],
     ]
 
     def postOptions(self) -> None:
@@ -220,6 +235,19 @@ class Options(usage.Options):
             if not sep or not host or not port.isdigit():
                 raise usage.UsageError(f"--advertise {advertise!r} is not host:port")
 
+        if self["discovery"] not in ("none", "udp"):
+            raise usage.UsageError(f"--discovery must be none or udp, not {self['discovery']!r}")
+        discovery_port = _positive_int("discovery-port", self["discovery-port"])
+        if discovery_port > 65535:
+            raise usage.UsageError(f"--discovery-port must be 1-65535, not {discovery_port}")
+        discovery_interval = _positive_float("discovery-interval", self["discovery-interval"])
+        try:
+            ipaddress.IPv4Address(self["discovery-broadcast"])
+        except ValueError:
+            raise usage.UsageError(
+                f"--discovery-broadcast must be an IPv4 address, not {self['discovery-broadcast']!r}"
+            ) from None
+
         requested_id = self["node-id"] or env.get("NODE_ID") or None
         if requested_id is not None and not valid_node_id(requested_id):
             raise usage.UsageError(
@@ -263,6 +291,10 @@ class Options(usage.Options):
             antientropy_rate=antientropy_rate,
             admin_token=admin_token,
             enable_flushdb=bool(self["enable-flushdb"]),
+            discovery=self["discovery"],
+            discovery_port=discovery_port,
+            discovery_broadcast=self["discovery-broadcast"],
+            discovery_interval=discovery_interval,
         )
 
 

@@ -196,6 +196,15 @@ class KVNodeService(MultiService):
         self.context.cluster = self.cluster
         self._listen(config.peer_listen, self.cluster.server_factory)
         self.cluster.start()
+        if config.discovery == "udp":
+            from twistkv.node.discovery import cluster_discovery
+
+            cluster_discovery(
+                self._reactor, self.cluster, cluster_name=config.cluster_name,
+                secret=config.cluster_secret, port=config.discovery_port,
+                broadcast_address=config.discovery_broadcast,
+                interval=config.discovery_interval,
+            ).setServiceParent(self)
         self.cluster.membership_service.subscribe(self._maybe_cluster)
         if config.seeds or len(self.cluster.ring) > 1:
             self._enter_cluster_mode()
