@@ -115,6 +115,10 @@ class NodeConfig:
     #: Seconds between background anti-entropy exchanges (0 = off) and keys/s they repair.
     antientropy_interval: float = 60.0
     antientropy_rate: int = 100
+    #: Bytes/s a range movement (join, leave, remove) may stream (0 = unlimited), and
+    #: seconds a node keeps ranges it no longer owns before dropping them.
+    rebalance_rate: int = 8 * 1024 * 1024
+    rebalance_drop_delay: float = 60.0
     #: Token that unlocks the dashboard's demo controls (pause a node); None = controls off.
     admin_token: str | None = None
     enable_flushdb: bool = False

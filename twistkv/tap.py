@@ -143,6 +143,10 @@ class Options(usage.Options):
          "Seconds between background Merkle-tree comparisons with a peer (0 = off)."],
         ["antientropy-rate", None, "100",
          "Keys per second background anti-entropy may repair (REPAIR runs faster)."],
+        ["rebalance-rate", None, str(8 * 1024 * 1024),
+         "Bytes per second a join/leave/remove may stream (0 = unlimited)."],
+        ["rebalance-drop-delay", None, "60",
+         "Seconds a node keeps ranges it no longer owns before dropping them."],
         ["admin-token", None, None,
          "Enable the dashboard's demo controls, guarded by this token "
          "[default: $TWISTKV_ADMIN_TOKEN, else off]."],
@@ -225,6 +229,16 @@ class Options(usage.Options):
                 f"--antientropy-interval must be seconds >= 0, not {self['antientropy-interval']!r}"
             ) from None
         antientropy_rate = _positive_int("antientropy-rate", self["antientropy-rate"])
+        try:
+            rebalance_rate = int(self["rebalance-rate"])
+            rebalance_drop_delay = float(self["rebalance-drop-delay"])
+            if rebalance_rate < 0 or rebalance_drop_delay < 0:
+                raise ValueError
+        except ValueError:
+            raise usage.UsageError(
+                "--rebalance-rate (bytes/s) and --rebalance-drop-delay (seconds) must be "
+                "numbers >= 0"
+            ) from None
         admin_token = self["admin-token"] or env.get("TWISTKV_ADMIN_TOKEN") or None
         if admin_token is not None and len(admin_token) < 8:
             raise usage.UsageError("--admin-token must be at least 8 characters long")
@@ -290,6 +304,8 @@ class Options(usage.Options):
             antientropy_interval=antientropy_interval,
             antientropy_rate=antientropy_rate,
             admin_token=admin_token,
+            rebalance_rate=rebalance_rate,
+            rebalance_drop_delay=rebalance_drop_delay,
             enable_flushdb=bool(self["enable-flushdb"]),
             discovery=self["discovery"],
             discovery_port=discovery_port,

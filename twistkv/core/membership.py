@@ -174,7 +174,12 @@ def _frozen_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
 
 
 class MemberState(Enum):
-    """What we believe about a member. Joining/leaving states for rebalancing go here too."""
+    """What we believe about a member's liveness.
+
+    Ring states (joining, normal, leaving) are not liveness and are not here: a member
+    announces them in its own metadata (see L{twistkv.core.transfers}), so the transition
+    table below stays about failure detection alone.
+    """
 
     ALIVE = "alive"
     SUSPECT = "suspect"
@@ -891,6 +896,58 @@ class Membership:
         actions: list[Action] = [
             MemberEvent(self.self_id, MemberState.ALIVE, MemberState.LEFT, record.incarnation, now)
         ]
+        return actions + self._gossip(self._retransmit_limit())
+
+    def set_metadata(self, metadata: Mapping[str, str], now: float) -> list[Action]:
+        """Replace our own metadata and announce it: alive at a bumped incarnation (only a
+        higher incarnation makes peers take new metadata), gossiped at once.
+
+        Used for the ring status (joining, normal, leaving) that rebalancing gossips.
+
+        @raise MemberValidationError: the metadata is malformed or too big.
+        @raise RuntimeError: this member has left.
+        """
+        if self._left:
+            raise RuntimeError("this member has left")
+        frozen = _frozen_metadata(metadata)
+        me = self._members[self.self_id]
+        if me.incarnation + 2 > _MAX_WIRE_INT:
+            raise MemberValidationError("incarnation exhausted")
+        record = replace(me, incarnation=me.incarnation + 1, metadata=frozen)
+        self._members[self.self_id] = record
+        self._queue.push(self._record_update(record))
+        event = MemberEvent(self.self_id, MemberState.ALIVE, MemberState.ALIVE,
+                            record.incarnation, now)
+        # Pushed at once to as many members as the rumour's budget: a ring status change
+        # should reach peers before the requests that depend on it.
+        return [event, *self._gossip(self._retransmit_limit())]
+
+    def remove(self, node_id: str, now: float, address: str | None = None) -> list[Action]:
+        """Declare another member LEFT on its behalf (an operator removed a dead node), and
+        gossip it as widely as L{leave} does.
+
+        The rumour carries the member's current incarnation, so under the transition table it
+        beats alive, suspect and dead at that incarnation everywhere. If the member is in fact
+        alive it refutes with a higher incarnation, as it would any false rumour. A member we
+        already forgot needs its C{address}; its tombstone then starts at incarnation 0.
+
+        @raise KeyError: the member is ourselves, or unknown and no address is given.
+        @raise MemberValidationError: the node id or address is malformed.
+        @raise RuntimeError: this member has left.
+        """
+        if self._left:
+            raise RuntimeError("this member has left")
+        member = self._members.get(node_id)
+        if node_id == self.self_id or (member is None and address is None):
+            raise KeyError(node_id)
+        if member is None:
+            assert address is not None
+            update = MemberUpdate(node_id, MemberState.LEFT, 0, address)
+        elif member.state is MemberState.LEFT:
+            return []
+        else:
+            update = MemberUpdate(node_id, MemberState.LEFT, member.incarnation, member.address)
+        actions = self._apply(update, now)
         return actions + self._gossip(self._retransmit_limit())
 
     def tick(self, now: float) -> list[Action]:

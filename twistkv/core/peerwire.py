@@ -78,9 +78,9 @@ VERBS: Mapping[str, str] = MappingProxyType(
         "PUT": "store a record on a replica (or as a hint on a stand-in)",
         "GET": "read a key's record from a replica",
         "DEL": "store a tombstone record on a replica",
-        "ACK": "a replica applied a PUT, DEL or HINT",
+        "ACK": "a replica applied a PUT, DEL, HINT or RB_PUT",
         "NACK": "a replica could not serve a request",
-        "VAL": "answer carrying a value: a GET's record, a STATS snapshot or an AE_* answer",
+        "VAL": "answer carrying a value: a GET's record, a STATS snapshot, an AE_* or RB_* answer",
         "HINT": "deliver a hinted record from a stand-in to its recovered owner",
         "STATS": "ask a node for its statistics snapshot",
         "SWIM_PING": "SWIM direct probe, piggybacking membership updates",
@@ -92,6 +92,9 @@ VERBS: Mapping[str, str] = MappingProxyType(
         "SWIM_SYNCACK": "answer to SWIM_SYNC with the receiver's full view",
         "AE_TREE": "ask a replica for the Merkle tree of its keys in shared token ranges",
         "AE_KEYS": "ask a replica for the keys and record digests of differing tree leaves",
+        "RB_STATUS": "ask a node for its view of the ring and the range movements under way",
+        "RB_FETCH": "ask a node for a chunk of its records in token ranges (range streaming)",
+        "RB_PUT": "deliver a chunk of streamed records to a range's new owner",
     }
 )
 
@@ -169,7 +172,36 @@ class PeerProtocolError(Exception):
         return error_frame(request_id, self.code, self.message)
 
 
+#: Verbs and field keys already found valid, so the usual frame skips their regexes. Seeded
+#: and grown only up to a bound, so a stream of odd names cannot grow it without limit.
+_VALID_VERBS: set[str] = set(VERBS)
+_VALID_KEYS: set[str] = set()
+_MAX_REMEMBERED = 1024
+_value_ok = _VALUE.fullmatch
+
+
 def _check_header_parts(verb: str, request_id: int, fields: Mapping[str, str]) -> None:
+    if (
+        type(verb) is str
+        and verb in _VALID_VERBS
+        and type(request_id) is int
+        and 0 <= request_id <= MAX_REQUEST_ID
+    ):
+        for key, value in fields.items():
+            if type(key) is not str or key not in _VALID_KEYS:
+                break
+            if type(value) is not str or not _value_ok(value):
+                break
+        else:
+            return
+    _check_header_parts_slow(verb, request_id, fields)
+    if len(_VALID_VERBS) < _MAX_REMEMBERED:
+        _VALID_VERBS.add(verb)
+    if len(_VALID_KEYS) < _MAX_REMEMBERED:
+        _VALID_KEYS.update(fields)
+
+
+def _check_header_parts_slow(verb: str, request_id: int, fields: Mapping[str, str]) -> None:
     if not isinstance(verb, str) or not _VERB.fullmatch(verb):
         raise InvalidFrameError("bad_verb", f"verb {_snippet(str(verb))} is not [A-Z_]+")
     if isinstance(request_id, bool) or not isinstance(request_id, int):
@@ -214,6 +246,39 @@ class Frame:
         _check_header_parts(self.verb, self.request_id, frozen_fields)
         object.__setattr__(self, "fields", frozen_fields)
 
+    @classmethod
+    def _trusted(
+        cls, verb: str, request_id: int, fields: Mapping[str, str], payload: bytes = b""
+    ) -> Frame:
+        """Build a frame from parts already validated (C{fields} already read-only).
+
+        For the codec and L{with_request_id}: skips the checks of construction, which the
+        caller has already done.
+        """
+        frame = _new_frame(cls)
+        _set(frame, "verb", verb)
+        _set(frame, "request_id", request_id)
+        _set(frame, "fields", fields)
+        _set(frame, "payload", payload)
+        return frame
+
+    def with_request_id(self, request_id: int) -> Frame:
+        """This frame under another request id; like C{dataclasses.replace(frame,
+        request_id=...)} but only the new id is checked (the rest was checked already).
+
+        @raise InvalidFrameError: the id is out of range.
+        @raise TypeError: the id is not an C{int}.
+        """
+        if type(request_id) is not int:
+            _check_header_parts(self.verb, request_id, {})
+        if not 0 <= request_id <= MAX_REQUEST_ID:
+            raise InvalidFrameError("bad_request_id", f"request id {request_id} is out of range")
+        return Frame._trusted(self.verb, request_id, self.fields, self.payload)
+
+
+_new_frame = object.__new__
+_set = object.__setattr__
+
 
 def encode_frame(frame: Frame, max_line: int = MAX_LINE) -> bytes:
     """Serialise C{frame}: header line (C{len} last, only with a payload) then payload.
@@ -222,15 +287,16 @@ def encode_frame(frame: Frame, max_line: int = MAX_LINE) -> bytes:
         would refuse it, so it is our bug to send it.
     """
     parts = [frame.verb, str(frame.request_id)]
-    parts.extend(f"{key}={value}" for key, value in frame.fields.items())
-    if frame.payload:
-        parts.append(f"{_LENGTH_FIELD}={len(frame.payload)}")
-    header = " ".join(parts).encode("ascii") + b"\r\n"
+    parts.extend([f"{key}={value}" for key, value in frame.fields.items()])
+    payload = frame.payload
+    if payload:
+        parts.append(f"{_LENGTH_FIELD}={len(payload)}")
+    header = (" ".join(parts) + "\r\n").encode("ascii")
     if len(header) > max_line:
         raise InvalidFrameError(
             "line_too_long", f"{frame.verb} header is {len(header)} bytes, limit {max_line}"
         )
-    return header + frame.payload
+    return header + payload if payload else header
 
 
 def _parse_header(line: bytes, max_payload: int) -> tuple[Frame, int]:
@@ -245,7 +311,7 @@ def _parse_header(line: bytes, max_payload: int) -> tuple[Frame, int]:
     if not rest:
         raise PeerProtocolError("bad_header", f"header {_snippet(verb)} lacks a request id")
     request_text, *pairs = rest
-    if not _DECIMAL.fullmatch(request_text) or int(request_text) > MAX_REQUEST_ID:
+    if not _DECIMAL.fullmatch(request_text) or (request_id := int(request_text)) > MAX_REQUEST_ID:
         raise PeerProtocolError(
             "bad_request_id", f"request id {_snippet(request_text)} is not a decimal in range"
         )
@@ -263,11 +329,21 @@ def _parse_header(line: bytes, max_payload: int) -> tuple[Frame, int]:
             length = _parse_length(value, max_payload)
         else:
             fields[key] = value
-    try:
-        frame = Frame(verb, int(request_text), fields)
-    except InvalidFrameError as error:
-        raise PeerProtocolError(error.code, str(error)) from None
-    return frame, length
+    # The line is printable ASCII without spaces and the request id is in range; what is
+    # left of Frame's checks is the verb, the keys and '=' inside values.
+    if verb not in _VALID_VERBS and not _VERB.fullmatch(verb):
+        raise PeerProtocolError("bad_verb", f"verb {_snippet(verb)} is not [A-Z_]+")
+    for key, value in fields.items():
+        if key not in _VALID_KEYS and not _KEY.fullmatch(key):
+            raise PeerProtocolError(
+                "bad_field", f"field key {_snippet(key)} is not [a-z0-9_]+"
+            )
+        if "=" in value:
+            raise PeerProtocolError(
+                "bad_field",
+                f"value of {key!r} must be printable ASCII without space or '=' (use quote())",
+            )
+    return Frame._trusted(verb, request_id, MappingProxyType(fields)), length
 
 
 def _parse_length(text: str, max_payload: int) -> int:
@@ -346,11 +422,15 @@ class FrameDecoder:
         payload = bytes(self._buffer[: self._payload_length])
         del self._buffer[: self._payload_length]
         header, self._header = self._header, None
-        return Frame(header.verb, header.request_id, header.fields, payload)
+        return Frame._trusted(header.verb, header.request_id, header.fields, payload)
 
 
 _SAFE_BYTES = frozenset(range(0x21, 0x7F)) - frozenset(b"=%")
 _QUOTED = tuple(chr(b) if b in _SAFE_BYTES else f"%{b:02X}" for b in range(256))
+
+
+_NO_ESCAPE_TEXT = re.compile(r"[\x21-\x24\x26-\x3c\x3e-\x7e]*")
+_NO_ESCAPE_BYTES = re.compile(rb"[\x21-\x24\x26-\x3c\x3e-\x7e]*")
 
 
 def quote(value: str | bytes) -> str:
@@ -358,7 +438,14 @@ def quote(value: str | bytes) -> str:
 
     Space, '=', '%' and every byte outside printable ASCII become C{%XX}.
     """
-    raw = value.encode("utf-8") if isinstance(value, str) else value
+    if isinstance(value, str):
+        if _NO_ESCAPE_TEXT.fullmatch(value):
+            return value
+        raw = value.encode("utf-8")
+    else:
+        if type(value) is bytes and _NO_ESCAPE_BYTES.fullmatch(value):
+            return value.decode("ascii")
+        raw = value
     return "".join(map(_QUOTED.__getitem__, raw))
 
 
@@ -371,6 +458,8 @@ def unquote(value: str) -> bytes:
         raw = value.encode("ascii")
     except UnicodeEncodeError:
         raise PeerProtocolError("bad_field", "quoted value is not ASCII") from None
+    if b"%" not in raw:
+        return raw
     head, *escaped = raw.split(b"%")
     out = bytearray(head)
     for piece in escaped:

@@ -20,7 +20,17 @@ or SUSPECT) only decides routing: whom to contact, and whom to hint for.
 
 For the same reason L{ClusterRuntime.stop} does not announce LEFT: a stopped node is expected
 back (restart, upgrade), and peers treat it like a crashed one. Leaving for good
-(decommissioning) must first hand the node's ranges over, which is the rebalancing issue's job.
+(L{ClusterRuntime.leave}) first hands the node's ranges over.
+
+Joining, leaving and removing
+-----------------------------
+
+A node's ring status (waiting, joining, normal, leaving) travels in its membership metadata,
+and the ring is derived from the statuses (L{twistkv.core.transfers.derive_view}): a node
+enters the ring once it announces NORMAL, after it has received its ranges, and leaves it when
+it is LEFT. While a range moves, writes also go to its new owners (pending ranges); the
+L{twistkv.node.rebalance.Rebalancer} runs the movements. The very first nodes (fewer than N in
+the ring) go NORMAL at once. See docs/consistency.md §13.
 
 The ring's members and their addresses are kept in the store (C{b"mring/<node>"}), so a
 restarted node starts with the full ring and rejoins through the members it knew, even when
@@ -59,6 +69,15 @@ from twistkv.core.peerwire import Frame, HandshakeConfig
 from twistkv.core.quorum import ConsistencyLevel
 from twistkv.core.record import Version, live_value
 from twistkv.core.ring import DEFAULT_VNODES_PER_NODE, Ring
+from twistkv.core.transfers import (
+    REMOVING_KEY,
+    STATUS_KEY,
+    ClusterView,
+    MemberView,
+    RingStatus,
+    derive_view,
+    status_of,
+)
 from twistkv.core.versioning import HybridLogicalClock
 from twistkv.node.antientropy import AE_VERBS, AntiEntropy
 from twistkv.node.coordinator import REPLICA_VERBS, Coordinator, HintDelivery, ReadResult
@@ -70,6 +89,7 @@ from twistkv.node.peer import (
     PeerServerFactory,
     VerbRouter,
 )
+from twistkv.node.rebalance import REBALANCE_VERBS, Rebalancer
 from twistkv.node.replica import DATA_PREFIX, HintStore, ReplicaStore
 from twistkv.storage.errors import StorageError
 
@@ -94,11 +114,14 @@ KEEP_TTL = -1
 
 #: Member states in which a node is contacted; DEAD nodes stay in the ring but get hints.
 _ROUTABLE = frozenset({MemberState.ALIVE, MemberState.SUSPECT})
-#: Member states that put a node in the ring (everything but LEFT).
-_IN_RING = frozenset({MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD})
 #: Store prefix of the persisted ring: node id -> peer address.
 RING_PREFIX = b"mring/"
 _RING_END = b"mring0"
+#: Store prefix of nodes known to have left or been removed (kept out of the ring).
+GONE_PREFIX = b"mgone/"
+_GONE_END = b"mgone0"
+#: Store key of this node's own ring status.
+STATUS_DB_KEY = b"mstatus"
 
 
 @dataclass(frozen=True)
@@ -138,6 +161,17 @@ class ClusterOptions:
     antientropy_depth: int = 10
     #: Seconds a peer may take to scan its replica for an AE_TREE / AE_KEYS answer.
     antientropy_timeout: float = 120.0
+    #: Bytes per second a range movement this node drives streams; 0 = unlimited.
+    rebalance_rate: float = 8 * 1024 * 1024
+    #: Most records, and about the most bytes, per streamed chunk (bounds memory).
+    rebalance_chunk_keys: int = 500
+    rebalance_chunk_bytes: int = 1024 * 1024
+    #: Streams a movement runs at once.
+    rebalance_streams: int = 2
+    #: Seconds before a failed chunk is retried (doubling up to 30 s).
+    rebalance_retry: float = 1.0
+    #: Seconds the ring must be stable before a node deletes what it no longer replicates.
+    rebalance_drop_delay: float = 60.0
 
     def __post_init__(self) -> None:
         if self.n < 1 or not 1 <= self.r <= self.n or not 1 <= self.w <= self.n:
@@ -152,6 +186,10 @@ class ClusterOptions:
             raise ValueError("antientropy_interval and antientropy_repair_rate must be >= 0")
         if not 1 <= self.antientropy_depth <= 16:
             raise ValueError("antientropy_depth must be 1..16")
+        if (self.rebalance_rate < 0 or self.rebalance_drop_delay < 0
+                or not self.rebalance_retry > 0 or self.rebalance_chunk_keys < 1
+                or self.rebalance_chunk_bytes < 1 or self.rebalance_streams < 1):
+            raise ValueError("invalid rebalance_* option")
 
 
 class ClusterRuntime:
@@ -201,6 +239,19 @@ class ClusterRuntime:
             membership_config if membership_config is not None else MembershipConfig()
         )
         handshake = HandshakeConfig(cluster_name, node_id, peer_address, secret)
+        self._store = store
+        self._committer = committer
+        #: Ring members persisted by an earlier run: node id -> last known peer address.
+        self._known: dict[str, str] = {
+            db_key[len(RING_PREFIX):].decode("utf-8"): raw.decode("utf-8")
+            for db_key, raw in store.iterate(RING_PREFIX, _RING_END)
+        }
+        self._known.pop(node_id, None)
+        gone = {db_key[len(GONE_PREFIX):].decode("utf-8")
+                for db_key, _ in store.iterate(GONE_PREFIX, _GONE_END)}
+        status = _initial_status(store.get(STATUS_DB_KEY), bool(self._known), bool(seeds))
+        self._base_metadata = dict(metadata or {})
+        metadata = {**self._base_metadata, STATUS_KEY: status.value}
         self.router = VerbRouter()
         self.pool = PeerClientPool(
             reactor, handshake, self.router, rng,
@@ -213,14 +264,6 @@ class ClusterRuntime:
             node_id, peer_address, membership_config, rng, reactor.seconds(),
             metadata=metadata, incarnation=incarnation,
         )
-        self._store = store
-        self._committer = committer
-        #: Ring members persisted by an earlier run: node id -> last known peer address.
-        self._known: dict[str, str] = {
-            db_key[len(RING_PREFIX):].decode("utf-8"): raw.decode("utf-8")
-            for db_key, raw in store.iterate(RING_PREFIX, _RING_END)
-        }
-        self._known.pop(node_id, None)
         join_through = list(dict.fromkeys([*seeds, *sorted(self._known.values())]))
         self.membership_service = MembershipService(
             reactor, self.membership, self.pool, join_through
@@ -234,7 +277,21 @@ class ClusterRuntime:
             store, committer, self.now_ms, max_count=options.hint_max_count,
             max_bytes=options.hint_max_bytes, max_age_ms=int(options.hint_max_age * 1000),
         )
-        self._ring = Ring([node_id, *self._known], options.vnodes_per_node)
+        ring_nodes = set(self._known)
+        if status in (RingStatus.NORMAL, RingStatus.LEAVING):
+            ring_nodes.add(node_id)
+        self._view = ClusterView(frozenset(ring_nodes), (), frozenset(gone))
+        self._ring = Ring(ring_nodes, options.vnodes_per_node)
+        #: The ring once the movement under way completes; None when nothing moves.
+        self._target_ring: Ring | None = None
+        self.rebalancer = Rebalancer(
+            self, reactor, rate=options.rebalance_rate or None,
+            chunk_keys=options.rebalance_chunk_keys, chunk_bytes=options.rebalance_chunk_bytes,
+            max_streams=options.rebalance_streams, retry=options.rebalance_retry,
+            drop_delay=options.rebalance_drop_delay,
+            request_timeout=options.peer_request_timeout, status=status, rng=rng,
+        )
+        self.router.route(REBALANCE_VERBS, self.rebalancer.handle)
         self.coordinator = Coordinator(
             node_id, replica=self.replica, hints=self.hints, pool=self.pool,
             ring_provider=lambda: self._ring, alive_provider=self.is_alive,
@@ -242,7 +299,7 @@ class ClusterRuntime:
             hlc=hlc if hlc is not None else HybridLogicalClock(),
             n=options.n, default_r=options.r, default_w=options.w,
             request_timeout=options.request_timeout, replica_timeout=options.replica_timeout,
-            ready_provider=lambda: self.membership.joined,
+            ready_provider=self._ready, pending_provider=lambda: self._target_ring,
         )
         self.router.route(REPLICA_VERBS, self.coordinator.handle)
         self.router.route(("STATS",), self._answer_stats)
@@ -252,6 +309,7 @@ class ClusterRuntime:
             reactor, node_id, self.hints, self.pool, self.address_of, self.is_alive,
             interval=options.hint_interval, batch=options.hint_batch,
             request_timeout=options.peer_request_timeout,
+            keep_hint=self.rebalancer.keep_hint,
         )
         background = options.antientropy_interval > 0
         self.antientropy = AntiEntropy(
@@ -266,7 +324,7 @@ class ClusterRuntime:
             # Without background exchanges no replica would ever confirm a tombstone, so
             # collection falls back to the grace period alone.
             remove=self._remove_record if background else None,
-            ready_provider=lambda: self.membership.joined,
+            ready_provider=self._ready,
         )
         self.router.route(AE_VERBS, self.antientropy.handle)
         self.keyspace = ClusterKeyspace(self.coordinator)
@@ -283,8 +341,53 @@ class ClusterRuntime:
 
     @property
     def ring(self) -> Ring:
-        """The current ring: every member not known to have left."""
+        """The current ring: the members that completed their join and have not left."""
         return self._ring
+
+    @property
+    def view(self) -> ClusterView:
+        """The ring, the range movements under way and the nodes known gone."""
+        return self._view
+
+    @property
+    def target_ring(self) -> Ring | None:
+        """The ring once the movements under way complete; None when nothing moves."""
+        return self._target_ring
+
+    def _ready(self) -> bool:
+        return self.membership.joined and self.rebalancer.ready
+
+    def rebalance_status(self, detail: bool = True) -> dict[str, Any]:
+        """The rebalancing snapshot for /cluster and the dashboard: this node's ring status,
+        the ring and target ring, the movements under way, the movement this node drives with
+        per-stream and (with C{detail}) per-range keys and bytes moved, and cleanup."""
+        return self.rebalancer.snapshot(detail)
+
+    # -- membership changes an operator asks for ------------------------------------------
+
+    def leave(self) -> Deferred[None]:
+        """LEAVE: stream this node's ranges to their new owners, announce LEFT, and stop this
+        runtime. Fires once stopped; the caller then shuts the process down.
+
+        @raise twistkv.node.rebalance.RebalanceError: the leave cannot start.
+        """
+        return self.rebalancer.leave()
+
+    def remove(self, node_id: str) -> Deferred[None]:
+        """REMOVE <node-id>: re-replicate a dead node's ranges from the survivors, then mark
+        it LEFT cluster-wide. Fires once done.
+
+        @raise twistkv.node.rebalance.RebalanceError: the removal cannot start.
+        """
+        return self.rebalancer.remove(node_id)
+
+    def join(self, seed_address: str) -> Deferred[None]:
+        """JOIN host:port: join the cluster of that node (this node must be alone and empty).
+        Fires once this node is a normal ring member.
+
+        @raise twistkv.node.rebalance.RebalanceError: this node is not alone or not empty.
+        """
+        return self.rebalancer.join(seed_address)
 
     def is_alive(self, node_id: str) -> bool:
         """Whether requests should go to C{node_id} (ALIVE or SUSPECT in our view)."""
@@ -334,7 +437,10 @@ class ClusterRuntime:
             "replica_writes_unchanged": replica.unchanged,
             "tombstones_collected": replica.collected,
             "ring_nodes": len(self._ring),
+            "pending_writes": coordinator.pending_writes,
+            "hints_discarded": delivery.discarded,
             **self.antientropy.stats_dict(),
+            **self.rebalancer.stats_dict(),
         }
 
     def _answer_stats(self, peer_node_id: str, frame: Frame) -> Frame:
@@ -351,10 +457,13 @@ class ClusterRuntime:
         if self._own_hlc and newest > self.coordinator.hlc.last:
             self.coordinator.hlc = HybridLogicalClock(last=newest)
         self._unsubscribe = self.membership_service.subscribe(self._member_changed)
+        if self._store.get(STATUS_DB_KEY) is None:
+            self.persist_status(self.rebalancer.status)
         self.running = True
         self.membership_service.startService()
         self.delivery.start()
         self.antientropy.start()
+        self.rebalancer.start()
         self._gc.start(self.options.gc_interval, now=False).addErrback(
             lambda f: _log.failure("tombstone collection failed", f)
         )
@@ -375,11 +484,17 @@ class ClusterRuntime:
         return closing.addCallback(lambda _: None)
 
     def halt(self) -> None:
-        """Stop everything at once without telling anyone, as a crash would (for tests)."""
+        """Stop everything at once without telling anyone, as a crash would (for tests).
+
+        A crashed process holds no connections either: the peer pool is closed, so that
+        requests it had queued (hint deliveries, say) cannot go out later, when the address
+        is reused by the restarted node, and act on a store the new process owns.
+        """
         if not self.running:
             return
         self._stop_chores()
         self.membership_service.halt()
+        self.pool.close().addErrback(lambda _: None)
 
     def _stop_chores(self) -> None:
         self.running = False
@@ -389,6 +504,7 @@ class ClusterRuntime:
         self.coordinator.shutdown()
         self.delivery.stop()
         self.antientropy.stop()
+        self.rebalancer.stop()
         if self._gc.running:
             self._gc.stop()
 
@@ -396,37 +512,104 @@ class ClusterRuntime:
 
     def _member_changed(self, event: MemberEvent) -> None:
         node = event.node_id
-        if node == self.node_id:
-            return
-        if event.new_state is None:
-            return  # forgotten by SWIM: still a ring member, see the module docstring
-        if event.new_state in _IN_RING:
-            if node not in self._ring:
-                _log.info("Ring: {node} joins", node=node)
-            self._ring = self._ring.with_node(node)
-            member = self.membership.get(node)
-            if member is not None and self._known.get(node) != member.address:
-                self._known[node] = member.address
-                self._persist(node, member.address)
-            if event.new_state is MemberState.ALIVE:
-                self.delivery.poke()
-        elif node in self._ring:
-            _log.info("Ring: {node} left the cluster", node=node)
-            self._ring = self._ring.without_node(node)
-            self._known.pop(node, None)
-            self._persist(node, None)
+        if node != self.node_id and event.new_state is MemberState.ALIVE:
+            self.delivery.poke()
+        self._refresh_view()
 
-    def _persist(self, node: str, address: str | None) -> None:
-        """Record a ring change; not waited for: a lost one is relearnt by gossip."""
-        value = None if address is None else address.encode("utf-8")
+    def _refresh_view(self) -> None:
+        """Derive the ring and the movements from membership (docs/consistency.md §13), and
+        persist what changed."""
+        previous = self._view
+        members = [
+            MemberView(m.node_id, m.state, status_of(m.metadata),
+                       m.metadata.get(REMOVING_KEY) or None)
+            for m in self.membership.members() if m.node_id != self.node_id
+        ]
+        rebalancer = self.rebalancer
+        view = derive_view(previous.ring, members, previous.gone, self.node_id,
+                           rebalancer.status, rebalancer.removing)
+        self._view = view
+        ops: list[tuple[bytes, bytes | None]] = []
+        for node in sorted(view.ring - {self.node_id}):
+            member = self.membership.get(node)
+            address = member.address if member is not None else self._known.get(node)
+            if node not in previous.ring:
+                _log.info("Ring: {node} joins", node=node)
+            if address is not None and self._known.get(node) != address:
+                self._known[node] = address
+                ops.append((RING_PREFIX + node.encode("utf-8"), address.encode("utf-8")))
+        for node in sorted(previous.ring - view.ring - {self.node_id}):
+            _log.info("Ring: {node} left the ring", node=node)
+            self._known.pop(node, None)
+            ops.append((RING_PREFIX + node.encode("utf-8"), None))
+        for node in sorted(view.gone - previous.gone):
+            ops.append((GONE_PREFIX + node.encode("utf-8"), b""))
+        for node in sorted(previous.gone - view.gone):
+            ops.append((GONE_PREFIX + node.encode("utf-8"), None))
+        if ops:
+            self._persist(ops)
+        if view.ring != previous.ring:
+            self._ring = Ring(view.ring, self.options.vnodes_per_node)
+            rebalancer.ring_changed()
+        target = view.target if view.movements else view.ring
+        if target == view.ring:
+            self._target_ring = None
+        elif self._target_ring is None or set(self._target_ring.nodes) != target:
+            self._target_ring = Ring(target, self.options.vnodes_per_node)
+
+    def _persist(self, ops: list[tuple[bytes, bytes | None]]) -> None:
+        """Record ring changes; not waited for: a lost one is relearnt by gossip."""
         try:
-            self._committer.commit([(RING_PREFIX + node.encode("utf-8"), value)])
+            self._committer.commit(ops)
         except StorageError as error:
-            _log.warn("Cannot persist the ring change for {node}: {error}", node=node,
-                      error=str(error))
+            _log.warn("Cannot persist a ring change: {error}", error=str(error))
+
+    # -- what the rebalancer asks of the runtime -------------------------------------------
+
+    def announce_status(self, status: RingStatus, removing: str | None) -> None:
+        """Gossip this node's ring status (and the node it removes), persist it, and
+        re-derive the ring."""
+        metadata = {**self._base_metadata, STATUS_KEY: status.value}
+        if removing is not None:
+            metadata[REMOVING_KEY] = removing
+        me = self.membership.get(self.node_id)
+        if self.running and me is not None and me.state is MemberState.ALIVE:
+            self.membership_service._run(
+                self.membership.set_metadata(metadata, self._reactor.seconds()))
+        self.persist_status(status)
+        self._refresh_view()
+
+    def persist_status(self, status: RingStatus) -> None:
+        """Remember this node's ring status across restarts."""
+        self._persist([(STATUS_DB_KEY, status.value.encode("ascii"))])
+
+    def announce_left(self) -> None:
+        """Announce that this node left for good (after handing its ranges over)."""
+        self.membership_service._run(self.membership.leave(self._reactor.seconds()))
+        self._refresh_view()
+
+    def declare_left(self, node_id: str) -> None:
+        """Gossip that C{node_id} (a removed dead node) left, on its behalf."""
+        self.membership_service._run(self.membership.remove(
+            node_id, self._reactor.seconds(), address=self.address_of(node_id)))
+        self._refresh_view()
+
+    def join_through(self, seed_address: str) -> None:
+        """Start joining the cluster of the node at C{seed_address}."""
+        self.membership_service._run(
+            self.membership.join([seed_address], self._reactor.seconds()))
+
+    def drop_records(self, keys: Sequence[bytes]) -> None:
+        """Delete records this node no longer replicates (rebalancing cleanup)."""
+        self._committer.commit([(DATA_PREFIX + key, None) for key in keys])
+        self.replica.stats.records -= len(keys)
 
     def _collect_garbage(self) -> None:
-        # Anti-entropy decides: a tombstone goes only once every replica confirmed it.
+        # Anti-entropy decides: a tombstone goes only once every replica confirmed it. Not
+        # while ranges move: a target that streamed the value but not yet the tombstone
+        # would keep the value.
+        if self._view.movements:
+            return
         self.antientropy.collect_garbage(self.options.gc_batch)
 
     def _remove_record(self, key: bytes) -> None:
@@ -592,6 +775,20 @@ class ClusterKeyspace:
     def keys_with_expiry(self) -> int:
         """Not tracked in cluster mode."""
         return 0
+
+
+def _initial_status(persisted: bytes | None, known_ring: bool, seeds: bool) -> RingStatus:
+    """This node's ring status at start: as persisted (a join or leave in progress restarts
+    from the beginning), else NORMAL for a ring member of an earlier version or the first
+    node of a cluster (no seeds), else WAITING (a new node, to join through the seeds)."""
+    text = persisted.decode("ascii", "replace") if persisted is not None else None
+    if text in ("left", "removed"):
+        return RingStatus(text)
+    if text in ("normal", "leaving"):
+        return RingStatus.NORMAL
+    if text in ("waiting", "joining"):
+        return RingStatus.WAITING
+    return RingStatus.NORMAL if known_ring or not seeds else RingStatus.WAITING
 
 
 def _none(_: object) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistkv import __version__
@@ -44,6 +45,8 @@ __all__ = [
     "REDIS_COMPAT_VERSION",
     "help_text",
 ]
+
+_log = Logger()
 
 #: The Redis version we report to clients that gate features on it.
 REDIS_COMPAT_VERSION = "7.2.0"
@@ -75,6 +78,8 @@ class NodeContext:
     next_client_id: int = 1
     #: The node's ClusterRuntime (membership, ring, coordinator), when it runs one.
     cluster: Any = None
+    #: Stops the node process (LEAVE calls it once the node's ranges are handed over).
+    shutdown: Callable[[], Any] | None = None
 
 
 @dataclass(eq=False)
@@ -1164,6 +1169,65 @@ def cmd_repair(session: ClientSession, args: list[bytes]) -> Any:
     return _then(summary, show)
 
 
+def _start_move(session: ClientSession, action: str, start: Callable[[], Any]) -> Any:
+    """Start a background range movement; +OK now, progress in REBALANCE and /cluster."""
+    from twistkv.node.rebalance import RebalanceError
+
+    try:
+        moving = start()
+    except RebalanceError as error:
+        raise CommandError(f"ERR {error}") from None
+    moving.addErrback(
+        lambda failure: _log.failure("{action} failed", failure, action=action)
+    )
+    return moving
+
+
+def cmd_leave(session: ClientSession, args: list[bytes]) -> Any:
+    """Hand this node's ranges to their new owners, leave the cluster, then shut down."""
+    cluster = _cluster(session)
+    moving = _start_move(session, "leave", cluster.leave)
+    shutdown = session.context.shutdown
+    if shutdown is not None:
+        moving.addCallback(lambda _: shutdown())
+    return SimpleString("OK (leaving: ranges stream to their new owners, then this node stops)")
+
+
+def cmd_remove(session: ClientSession, args: list[bytes]) -> Any:
+    """Re-replicate a dead node's ranges from the survivors and remove it from the ring."""
+    node_id = args[1].decode(errors="replace")
+    _start_move(session, "remove", lambda: _cluster(session).remove(node_id))
+    return SimpleString(f"OK (removing {node_id}: its ranges are being re-replicated)")
+
+
+def cmd_join(session: ClientSession, args: list[bytes]) -> Any:
+    """Join the cluster of the node at host:port (this node must be alone and empty)."""
+    address = args[1].decode(errors="replace")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise CommandError(f"ERR JOIN needs a peer address host:port, not '{address}'")
+    _start_move(session, "join", lambda: _cluster(session).join(address))
+    return SimpleString(f"OK (joining through {address}: ranges stream to this node)")
+
+
+def cmd_rebalance(session: ClientSession, args: list[bytes]) -> Any:
+    """Ring status and range-movement progress (keys and bytes moved per range)."""
+    return _resp_value(_cluster(session).rebalance_status(detail=True))
+
+
+def _resp_value(value: Any) -> Any:
+    """JSON-shaped data (str keys and values) as RESP reply values (bytes)."""
+    if isinstance(value, dict):
+        return {str(k).encode(): _resp_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_resp_value(v) for v in value]
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, float):
+        return round(value, 3)
+    return value
+
+
 # -- the table ----------------------------------------------------------------
 
 _HIDDEN_FROM_HELP = {"MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "FLUSHALL", "UNLINK"}
@@ -1234,6 +1298,10 @@ COMMANDS: dict[str, Command] = _table([
     ("MEMBERS", 1, "", cmd_members, "cluster", "", "Cluster members with their state (alive, suspect, dead, left)."),
     ("RING", 1, "", cmd_ring, "cluster", "", "Vnodes, ownership share and key count of every node."),
     ("WHERE", 2, "readonly", cmd_where, "cluster", "key", "Which nodes hold a key (its preference list).", ONE_KEY),
+    ("LEAVE", 1, "admin", cmd_leave, "cluster", "", "Hand this node's ranges over, leave the cluster, shut down."),
+    ("REMOVE", 2, "admin", cmd_remove, "cluster", "node-id", "Re-replicate a dead node's ranges and remove it."),
+    ("JOIN", 2, "admin", cmd_join, "cluster", "host:port", "Join the cluster of that node (this node must be alone and empty)."),
+    ("REBALANCE", 1, "", cmd_rebalance, "cluster", "", "Ring status and range-movement progress."),
     ("REPAIR", 1, "admin", cmd_repair, "cluster", "", "Run a full anti-entropy pass now (Merkle trees with every live peer)."),
     ("VERSIONS", 2, "readonly", cmd_versions, "cluster", "key", "Every version of a key with vector clock and HLC timestamp.", ONE_KEY),
     ("MULTI", 1, "fast", cmd_multi, "transactions", "", "Not offered in this mode."),

@@ -229,6 +229,8 @@ class CoordinatorStats:
     served: dict[str, int] = field(default_factory=dict)
     #: Hints accepted as a stand-in for peers' writes.
     hints_accepted: int = 0
+    #: Writes that also went to pending replicas (a range movement was under way).
+    pending_writes: int = 0
 
 
 # -- in-flight request state ----------------------------------------------------------------
@@ -307,6 +309,11 @@ class Coordinator:
     @param address_provider: a node's peer address, or None if unknown.
     @param ready_provider: False until this node has joined the cluster. Coordinating with a
         ring that holds only ourselves would acknowledge writes stored on one node.
+    @param pending_provider: the ring once the range movement under way completes, or None
+        when nothing moves. Writes then also go to the nodes that replicate the key only
+        under that ring (pending ranges), and need one more ack per such node, so that W
+        replicas under the old ring and W under the new one hold every acknowledged write;
+        reads stay on the current ring (docs/consistency.md §13).
     @param request_timeout: seconds a client request may take before it fails UNAVAILABLE.
     @param replica_timeout: seconds one replica may take before its slot fails over to a
         stand-in, when one is available (else it has until the deadline); defaults to half
@@ -331,6 +338,7 @@ class Coordinator:
         request_timeout: float = 2.0,
         replica_timeout: float | None = None,
         ready_provider: Callable[[], bool] = lambda: True,
+        pending_provider: Callable[[], Ring | None] = lambda: None,
     ) -> None:
         if n < 1 or not 1 <= default_r <= n or not 1 <= default_w <= n:
             raise ValueError(f"need 1 <= R, W <= N, got N={n} R={default_r} W={default_w}")
@@ -344,6 +352,7 @@ class Coordinator:
         self._alive = alive_provider
         self._address = address_provider
         self._ready = ready_provider
+        self._pending = pending_provider
         self._reactor = reactor
         self.hlc = hlc
         self.n = n
@@ -453,9 +462,20 @@ class Coordinator:
         if refusal is not None:
             self.stats.writes_unavailable += 1
             return fail(refusal)
+        target_ring = self._pending()
+        pending: tuple[str, ...] = ()
+        if target_ring is not None:
+            pending = tuple(node for node in target_ring.preference_list(key, self.n)
+                            if node not in preference)
+        if pending:
+            # Cassandra's rule: W + (pending replicas) acks among old + pending owners leave
+            # at least W acks among the old owners and at least W among the new ones.
+            self.stats.pending_writes += 1
+            required += len(pending)
         version = self._mint(key, value, expires_at_ms, context, tombstone)
-        fallbacks = ring.fallback_nodes(key, self.n)
-        targets = plan_write_targets(preference, fallbacks, self._is_alive)
+        fallbacks = tuple(node for node in ring.fallback_nodes(key, self.n)
+                          if node not in pending)
+        targets = plan_write_targets(preference + pending, fallbacks, self._is_alive)
         deadline = self._reactor.seconds() + self.request_timeout
         write_id = next(self._ids)
         write = _Write(
@@ -856,6 +876,8 @@ class HintDeliveryStats:
     attempts: int = 0
     delivered: int = 0
     failures: int = 0
+    #: Hints dropped undelivered because their owner no longer replicates the key.
+    discarded: int = 0
 
 
 class HintDelivery:
@@ -881,6 +903,7 @@ class HintDelivery:
         interval: float = 1.0,
         batch: int = 64,
         request_timeout: float = 5.0,
+        keep_hint: Callable[[str, bytes], bool] = lambda target, key: True,
     ) -> None:
         if not interval > 0 or batch < 1:
             raise ValueError("interval must be positive and batch at least 1")
@@ -893,6 +916,7 @@ class HintDelivery:
         self.interval = interval
         self.batch = batch
         self.request_timeout = request_timeout
+        self._keep = keep_hint
         self.stats = HintDeliveryStats()
         self._busy: set[str] = set()
         self._call: IDelayedCall | None = None
@@ -945,6 +969,15 @@ class HintDelivery:
             if address is None:
                 continue
             batch = self._hints.pending_for(target, self.batch)
+            kept = [hint for hint in batch if self._keep(target, hint.key)]
+            if len(kept) < len(batch):
+                # The owner no longer replicates these keys (a range moved away from it once
+                # the write was hinted); the write also went to the new owners.
+                for hint in batch:
+                    if hint not in kept:
+                        self._hints.remove(hint)
+                        self.stats.discarded += 1
+                batch = kept
             if batch:
                 sent += len(batch)
                 self._deliver(target, address, batch)

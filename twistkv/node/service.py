@@ -185,6 +185,8 @@ class KVNodeService(MultiService):
             request_timeout=config.request_timeout,
             antientropy_interval=config.antientropy_interval,
             antientropy_rate=config.antientropy_rate,
+            rebalance_rate=config.rebalance_rate,
+            rebalance_drop_delay=config.rebalance_drop_delay,
         )
         self.cluster = ClusterRuntime(
             config.node_id, peer_address, reactor=self._reactor, store=self.store,
@@ -194,6 +196,7 @@ class KVNodeService(MultiService):
             hlc=self.local_keyspace.hlc, metadata=metadata,
         )
         self.context.cluster = self.cluster
+        self.context.shutdown = self._shutdown_after_leave
         self._listen(config.peer_listen, self.cluster.server_factory)
         self.cluster.start()
         if config.discovery == "udp":
@@ -208,6 +211,11 @@ class KVNodeService(MultiService):
         self.cluster.membership_service.subscribe(self._maybe_cluster)
         if config.seeds or len(self.cluster.ring) > 1:
             self._enter_cluster_mode()
+
+    def _shutdown_after_leave(self) -> None:
+        """LEAVE finished handing over this node's ranges: stop the process cleanly."""
+        _log.info("node {node_id} left the cluster; shutting down", node_id=self.config.node_id)
+        self._reactor.callLater(0.5, self._reactor.stop)
 
     def _maybe_cluster(self, event: Any) -> None:
         if self.cluster is not None and len(self.cluster.ring) > 1:

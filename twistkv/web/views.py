@@ -136,6 +136,8 @@ class NodeSnapshot:
     cluster_counters: tuple[tuple[str, int], ...] = ()
     #: Whether the node has joined its cluster and will coordinate requests.
     joined: bool = True
+    #: Ring status and range movements in progress (JSON-shaped), in cluster mode.
+    rebalance: Any = None
 
 
 def _snapshot_members(cluster: Any, now_s: float) -> tuple[MemberSnapshot, ...]:
@@ -205,6 +207,9 @@ def _cluster_fields(node: WebNode, context: Any, now_ms: int) -> dict[str, Any]:
         "replication": (config.replicas, config.read_quorum, config.write_quorum),
         "members": _snapshot_members(cluster, now_ms / 1000),
         "joined": bool(cluster.membership.joined),
+        "rebalance": (
+            cluster.rebalance_status(detail=False) if hasattr(cluster, "rebalance_status") else None
+        ),
         "cluster_counters": tuple(sorted(cluster.stats().items())),
     }
 
@@ -262,6 +267,7 @@ def cluster_view(snapshot: NodeSnapshot) -> dict[str, Any]:
             "replication": {"n": n, "r": r, "w": w},
             "nodes": [_member_view(snapshot, member) for member in snapshot.members],
             "counters": dict(snapshot.cluster_counters),
+            "rebalance": snapshot.rebalance,
         }
     return {
         "cluster_name": snapshot.cluster_name,
