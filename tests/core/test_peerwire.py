@@ -289,6 +289,42 @@ def test_frame_fields_are_a_private_read_only_copy() -> None:
         frame.fields["k"] = "x"  # type: ignore[index]
 
 
+def test_with_request_id_is_replace_checking_only_the_id() -> None:
+    """with_request_id() gives what dataclasses.replace() would, and refuses bad ids alike."""
+    from dataclasses import replace
+
+    frame = Frame("PUT", 0, {"key": "k"}, b"payload")
+    moved = frame.with_request_id(7)
+    assert moved == replace(frame, request_id=7)
+    assert moved.fields == frame.fields and encode_frame(moved) == encode_frame(
+        replace(frame, request_id=7)
+    )
+    with pytest.raises(TypeError):
+        frame.with_request_id(True)
+    for bad in (-1, MAX_REQUEST_ID + 1):
+        with pytest.raises(InvalidFrameError) as raised:
+            frame.with_request_id(bad)
+        assert raised.value.code == "bad_request_id"
+
+
+def test_remembered_names_do_not_skip_value_checks() -> None:
+    """A verb and key seen before still have every value checked."""
+    Frame("PING", 1, {"k": "ok"})
+    with pytest.raises(InvalidFrameError):
+        Frame("PING", 1, {"k": "a b"})
+    with pytest.raises(TypeError):
+        Frame("PING", True, {"k": "ok"})
+
+
+@given(st.one_of(st.binary(max_size=30), st.text(max_size=30)))
+def test_quote_matches_the_byte_table(value: str | bytes) -> None:
+    """The no-escape shortcut gives exactly what the per-byte table gives."""
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    expected = "".join(chr(b) if 0x21 <= b <= 0x7E and b not in b"=%" else f"%{b:02X}" for b in raw)
+    assert quote(value) == expected
+    assert unquote(expected) == raw
+
+
 def test_encoder_refuses_headers_over_the_line_limit() -> None:
     """A header a peer would refuse as too long is refused before sending."""
     frame = Frame("PUT", 1, {"key": "k" * 100})

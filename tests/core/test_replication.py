@@ -195,3 +195,40 @@ def test_next_stand_in_skips_used_dead_and_the_owner() -> None:
     """Failover never reuses a node already in the write and never picks the owner itself."""
     assert next_stand_in("b", ("x", "y", "z"), {"x"}, lambda n: n != "y") == "z"
     assert next_stand_in("b", ("b",), (), lambda n: True) is None
+
+
+def _general_merge(stored: Record | None, incoming: list[Version]) -> Record:
+    """merge_versions without its fast paths: the quadratic reconcile over VectorClocks."""
+    from twistkv.core.replication import _Clocked, _identity
+    from twistkv.core.versioning import reconcile
+
+    current = stored.versions if stored is not None else ()
+    ordered = sorted((*current, *incoming), key=_identity, reverse=True)
+    kept = reconcile(
+        _Clocked(VectorClock.from_pairs(v.clock), v.hlc, v.node, v) for v in ordered
+    )
+    return Record(tuple(c.version for c in kept))
+
+
+@given(st.lists(versions, max_size=1), st.lists(versions, min_size=1, max_size=2))
+def test_merge_fast_paths_agree_with_the_general_reconcile(
+    stored: list[Version], incoming: list[Version]
+) -> None:
+    """The one-stored/one-incoming and all-equal-clocks shortcuts give the same record as the
+    full reconcile, for dominated, equal and concurrent clocks alike."""
+    record = Record(tuple(stored)) if stored else None
+    assert merge_versions(record, incoming) == _general_merge(record, incoming)
+    same_clock = [v._replace(clock=incoming[0].clock) for v in incoming + stored]
+    assert reconcile_versions(same_clock) == list(_general_merge(None, same_clock).versions)
+
+
+def test_merge_fast_path_still_refuses_corrupt_clocks() -> None:
+    """A clock not in canonical form goes through VectorClock.from_pairs, which validates."""
+    import pytest
+
+    stored = Record((Version(b"x", (("a", 1),), 1, "a"),))
+    for clock in ((("a", -1),), (("a", 2), ("a", 3))):
+        with pytest.raises(ValueError):
+            merge_versions(stored, [Version(b"y", clock, 2, "a")])
+    unsorted = Version(b"y", (("b", 1), ("a", 2)), 2, "a")
+    assert merge_versions(stored, [unsorted]).versions == (unsorted,)

@@ -60,7 +60,11 @@ __all__ = [
 
 def version_clock(version: Version) -> VectorClock:
     """The vector clock of a stored version (its pairs validated and normalised)."""
-    return VectorClock.from_pairs(version.clock)
+    pairs = version.clock
+    counters = _canonical_counters(pairs)
+    if counters is None:
+        return VectorClock.from_pairs(pairs)
+    return VectorClock._from_canonical(pairs, counters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,14 @@ def reconcile_versions(versions: Iterable[Version]) -> list[Version]:
     (``versioning.reconcile``'s order), so element 0 is the last-writer winner a plain GET returns.
     Also the ``reconcile`` callable of ``quorum.ReadCoordination``.
     """
+    versions = list(versions)
+    if versions:
+        # Usual case: every replica holds the same single write (one clock, canonical form):
+        # all EQUAL, so the survivor is the greatest under the identity order, exactly what
+        # the general path below picks.
+        first = versions[0].clock
+        if all(v.clock == first for v in versions) and _canonical_counters(first) is not None:
+            return [max(versions, key=_identity)] if len(versions) > 1 else versions
     # Pre-sorting by the full identity, descending, makes reconcile's stable sort keep the
     # greatest of any tie it cannot break itself.
     ordered = sorted(versions, key=_identity, reverse=True)
@@ -110,7 +122,55 @@ def merge_versions(stored: Record | None, incoming: Iterable[Version]) -> Record
     receive the same writes in any order, any number of times, converge to the same record.
     """
     current = stored.versions if stored is not None else ()
+    if len(current) <= 1:
+        incoming = tuple(incoming)
+        if len(incoming) == 1:
+            fast = _merge_one(current[0] if current else None, incoming[0])
+            if fast is not None:
+                return fast
+        return Record(tuple(reconcile_versions((*current, *incoming))))
     return Record(tuple(reconcile_versions((*current, *incoming))))
+
+
+def _canonical_counters(clock: object) -> dict[str, int] | None:
+    """``clock`` as a dict if it is already in `VectorClock.pairs` form (a tuple of
+    ``(str, positive int)`` pairs, strictly sorted by node), else None."""
+    if type(clock) is not tuple:
+        return None
+    counters: dict[str, int] = {}
+    previous = None
+    for pair in clock:
+        if type(pair) is not tuple or len(pair) != 2:
+            return None
+        node_id, counter = pair
+        if type(node_id) is not str or type(counter) is not int or counter <= 0:
+            return None
+        if previous is not None and node_id <= previous:
+            return None
+        previous = node_id
+        counters[node_id] = counter
+    return counters
+
+
+def _merge_one(stored: Version | None, incoming: Version) -> Record | None:
+    """`merge_versions` of at most one stored and exactly one incoming version, when one
+    supersedes the other (the usual replica write); None when the full path must decide
+    (concurrent or equal clocks, or a clock not in canonical form)."""
+    theirs = _canonical_counters(incoming.clock)
+    if theirs is None:
+        return None
+    if stored is None:
+        return Record((incoming,))
+    mine = _canonical_counters(stored.clock)
+    if mine is None:
+        return None
+    ahead = any(counter > mine.get(node_id, 0) for node_id, counter in theirs.items())
+    behind = any(counter > theirs.get(node_id, 0) for node_id, counter in mine.items())
+    if ahead and not behind:
+        return Record((incoming,))
+    if behind and not ahead:
+        return Record((stored,))
+    return None
 
 
 def replica_is_stale(reply: Sequence[Version], reconciled: Sequence[Version]) -> bool:
@@ -127,6 +187,9 @@ def replica_is_stale(reply: Sequence[Version], reconciled: Sequence[Version]) ->
 
 def context_clock(versions: Iterable[Version]) -> VectorClock:
     """The merge of the versions' clocks: a write with this context supersedes all of them."""
+    versions = tuple(versions)
+    if len(versions) == 1:
+        return version_clock(versions[0])
     clock = VectorClock()
     for version in versions:
         clock = clock.merge(version_clock(version))
@@ -152,8 +215,12 @@ def new_version(
     counter = max(context_clock.counter(node_id) + 1, hlc_ts)
     counters = dict(context_clock.pairs)
     counters[node_id] = counter
-    clock = VectorClock.from_pairs(counters.items())
-    return Version(value, clock.pairs, hlc_ts, node_id, expires_at_ms, tombstone)
+    if type(counter) is int and type(node_id) is str:
+        # context pairs are valid and counter >= 1: only the order needs restoring
+        clock = tuple(sorted(counters.items()))
+    else:
+        clock = VectorClock.from_pairs(counters.items()).pairs
+    return Version(value, clock, hlc_ts, node_id, expires_at_ms, tombstone)
 
 
 def _died_at_ms(version: Version, now_ms: int) -> int | None:

@@ -90,6 +90,17 @@ class VectorClock:
         return cls._from_counters(counters)
 
     @classmethod
+    def _from_canonical(
+        cls, pairs: tuple[tuple[str, int], ...], counters: dict[str, int]
+    ) -> VectorClock:
+        """Trusted: ``pairs`` already sorted by node with positive int counters, and
+        ``counters`` the same entries as a dict (not shared with anyone who mutates it)."""
+        clock = cls.__new__(cls)
+        clock._pairs = pairs
+        clock._counters = counters
+        return clock
+
+    @classmethod
     def _from_counters(cls, counters: dict[str, int]) -> VectorClock:
         clock = cls.__new__(cls)
         clock._pairs = tuple(sorted((n, c) for n, c in counters.items() if c > 0))

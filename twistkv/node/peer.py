@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeAlias
 
@@ -237,11 +237,15 @@ class VerbRouter:
 # -- the connection --------------------------------------------------------------------------
 
 
-@dataclass(eq=False)
 class _Outstanding:
-    deferred: Deferred[Frame]
-    verb: str
-    timeout: float
+    """A request awaiting its answer (a plain slotted class: one is built per request)."""
+
+    __slots__ = ("deferred", "verb", "timeout")
+
+    def __init__(self, deferred: Deferred[Frame], verb: str, timeout: float) -> None:
+        self.deferred = deferred
+        self.verb = verb
+        self.timeout = timeout
 
 
 class PeerProtocol(Protocol):
@@ -489,7 +493,7 @@ class PeerProtocol(Protocol):
                        verb=verb, answer=answer)
             answer = _nack(request_id, _INTERNAL_ERROR, f"{verb} failed on this node")
         try:
-            self._write(replace(answer, request_id=request_id))
+            self._write(answer.with_request_id(request_id))
         except Exception:
             _log.failure("Cannot send the answer to {verb} from {peer}", verb=verb, peer=self.label)
             self._write(_nack(request_id, _INTERNAL_ERROR, f"{verb} failed on this node"))
@@ -523,7 +527,7 @@ class PeerProtocol(Protocol):
             return fail(PeerUnavailable(self.label, self._close_reason or "not connected"))
         request_id = self._allocate_id()
         try:
-            data = encode_frame(replace(frame, request_id=request_id), self._limits.max_line)
+            data = encode_frame(frame.with_request_id(request_id), self._limits.max_line)
         except InvalidFrameError as error:  # our bug, but the caller's Deferred should say so
             return fail(error)
         try:
@@ -540,7 +544,7 @@ class PeerProtocol(Protocol):
         """Send a one-way frame (no answer expected) under a fresh request id."""
         if not self.ready:
             raise PeerUnavailable(self.label, self._close_reason or "not connected")
-        self._write(replace(frame, request_id=self._allocate_id()))
+        self._write(frame.with_request_id(self._allocate_id()))
 
     def _allocate_id(self) -> int:
         while True:
