@@ -231,6 +231,10 @@ class KVNodeService(MultiService):
             w=self.config.write_quorum,
         )
         self.context.keyspace = self.cluster.keyspace
+        if self.local_keyspace is not None:
+            # Keys written while alone went through the local keyspace: the replica's
+            # record count (DBSIZE from now on) was taken at startup and must catch up.
+            self.cluster.replica.stats.records = self.local_keyspace.key_count()
         for session in self.context.clients.values():
             session.rebind()
 
