@@ -227,3 +227,38 @@ def test_already_fired_deferred_reply_keeps_its_place(context: NodeContext) -> N
     protocol, transport = connect(context)
     protocol.dataReceived(b"PING\r\nGET k\r\nGET missing\r\nECHO last\r\n")
     assert replies(transport) == [b"PONG", b"v", None, b"last"]
+
+
+class _KernelSocket:
+    """Stands in for a TCP socket whose kernel buffer takes at most C{room} bytes per send."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        taken = data[: self.room]
+        self.sent.append(taken)
+        return len(taken)
+
+
+def test_direct_send_hands_the_rest_to_twisted_in_order(context: NodeContext) -> None:
+    """With nothing buffered a reply goes straight to send(); what the kernel refuses is
+    buffered by the transport, and while anything is buffered later replies queue behind
+    it instead of overtaking it."""
+    protocol, transport = connect(context)
+    # The attributes of twisted.internet.abstract.FileDescriptor that _send consults.
+    transport._tempDataBuffer = []  # type: ignore[attr-defined]
+    transport.offset = 0  # type: ignore[attr-defined]
+    transport.dataBuffer = b""  # type: ignore[attr-defined]
+    transport.connected = True  # type: ignore[attr-defined]
+    transport._writeDisconnected = False  # type: ignore[attr-defined]
+    kernel = _KernelSocket(room=3)
+    protocol._socket = kernel  # type: ignore[assignment]
+    protocol._send(b"+PONG\r\n")
+    assert kernel.sent == [b"+PO"]
+    assert transport.value() == b"NG\r\n"
+    transport._tempDataBuffer = [b"NG\r\n"]  # type: ignore[attr-defined]  # Twisted still holds it
+    protocol._send(b"+OK\r\n")
+    assert kernel.sent == [b"+PO"]
+    assert transport.value() == b"NG\r\n+OK\r\n"

@@ -14,6 +14,7 @@ with C{appendfsync always}: it executes, then replies after the fsync).
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from time import perf_counter
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -83,6 +85,8 @@ class RespProtocol(Protocol):
         self._closing = False
         self._paused = False
         self.session: ClientSession | None = None
+        #: The plain TCP socket, for L{_send}'s direct path (None: TLS or a test transport).
+        self._socket: socket.socket | None = None
         #: This connection's handle on each command's counters (saves a lookup per call).
         self._command_stats: dict[Any, CommandStat] = {}
 
@@ -98,6 +102,9 @@ class RespProtocol(Protocol):
             self.transport.loseConnection()
             self._closing = True
             return
+        transport = self.transport
+        if isinstance(transport, Connection) and not transport.TLS:
+            self._socket = transport.socket
         client_id = context.next_client_id
         context.next_client_id += 1
         self.session = ClientSession(context, client_id, _describe(self.transport.getPeer()))
@@ -132,7 +139,7 @@ class RespProtocol(Protocol):
             self._emit(encode(Error(f"ERR {exc}"), 2), out)
             self._close_after_replies()
         if out:
-            self.transport.write(b"".join(out))
+            self._send(b"".join(out))
         if self._closing and not self._waiting:
             self.transport.loseConnection()
 
@@ -169,7 +176,7 @@ class RespProtocol(Protocol):
             if out:
                 # Earlier replies of this read go first: the Deferred may already have
                 # fired (a local read at ONE), and _drain would write it at once.
-                self.transport.write(b"".join(out))
+                self._send(b"".join(out))
                 out.clear()
             slot = _Slot()
             self._waiting.append(slot)
@@ -190,6 +197,36 @@ class RespProtocol(Protocol):
             encode_into_resp3(out, reply)
 
     # -- output -------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        """Write to the client, calling send() at once when nothing is buffered.
+
+        C{transport.write} buffers the bytes and registers the socket for
+        writability, sending on the next reactor pass: two epoll_ctl calls and
+        a loop iteration per reply, which py-spy measured at ~30% of the CPU
+        under C{redis-benchmark -P 1 -c 50}. When Twisted holds nothing for this
+        socket, we send directly (order is kept) and hand only what the kernel
+        did not take to C{transport.write}. Errors are left to Twisted's own
+        write path, which reports them as a lost connection.
+        """
+        transport = self.transport
+        sock = self._socket
+        if (
+            sock is not None
+            and not transport._tempDataBuffer
+            and transport.offset >= len(transport.dataBuffer)
+            and transport.connected
+            and not transport.disconnecting
+            and not transport._writeDisconnected
+        ):
+            try:
+                sent = sock.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     def _emit(self, data: bytes, out: list[bytes]) -> None:
         """Send C{data} now, or queue it behind replies still being awaited."""
@@ -227,7 +264,7 @@ class RespProtocol(Protocol):
                 break
             waiting.popleft()
         if ready and self.transport is not None:
-            self.transport.write(b"".join(ready))
+            self._send(b"".join(ready))
         if self._paused and len(waiting) <= _RESUME_AT:
             self._paused = False
             self.transport.resumeProducing()
