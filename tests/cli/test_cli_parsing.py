@@ -121,3 +121,24 @@ def test_unreachable_server_exits_3(cli: Cli) -> None:
             assert result.code == 3, (argv, result)
             assert result.err.count("\n") == 1 and f"127.0.0.1:{port}" in result.err
             assert "refused" in result.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "field", "value"),
+    [
+        (["leave"], "leave", None, None),
+        (["remove", "n3"], "remove", "node_id", "n3"),
+        (["join", "10.0.0.5:7380"], "join", "peer", "10.0.0.5:7380"),
+        (["repair"], "repair", None, None),
+        (["rebalance"], "rebalance", None, None),
+    ],
+)
+def test_cluster_admin_commands_parse(
+    argv: list[str], command: str, field: str | None, value: str | None
+) -> None:
+    """leave/remove/join/repair/rebalance parse with their arguments and the global options."""
+    ns = parse(["--server", "127.0.0.1:7001", *argv])
+    assert ns.command == command
+    assert ns.server == "127.0.0.1:7001"
+    if field is not None:
+        assert getattr(ns, field) == value

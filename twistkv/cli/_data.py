@@ -6,6 +6,7 @@ an L{Outcome}; the command line and the REPL share them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,11 @@ __all__ = [
     "where",
     "fetch_members",
     "member_rows",
+    "leave",
+    "remove",
+    "join",
+    "repair",
+    "rebalance",
 ]
 
 
@@ -163,3 +169,51 @@ def where(client: redis.Redis, address: Address | str, key: str) -> Outcome:
     replicas = sum(1 for r in rows if r["role"] == "replica")
     header = f"key {key!r}: {replicas} replicas in preference order, then stand-ins for hints"
     return Outcome({"key": key, "nodes": rows}, header + "\n" + body)
+
+
+def _admin(client: redis.Redis, address: Address | str, *words: str) -> Any:
+    with errors_mapped(address):
+        return command(client, *words)
+
+
+def leave(client: redis.Redis, address: Address | str) -> Outcome:
+    """LEAVE: the node hands its ranges to their new owners, leaves, then shuts down."""
+    reply = text(_admin(client, address, "LEAVE"))
+    return Outcome({"node": str(address), "reply": reply},
+                   f"{address}: {reply}\nWatch progress with: twistkv rebalance")
+
+
+def remove(client: redis.Redis, address: Address | str, node_id: str) -> Outcome:
+    """REMOVE node-id: re-replicate a dead node's ranges from the survivors."""
+    reply = text(_admin(client, address, "REMOVE", node_id))
+    return Outcome({"node": node_id, "reply": reply}, f"{address}: {reply}")
+
+
+def join(client: redis.Redis, address: Address | str, peer: str) -> Outcome:
+    """JOIN host:port: a lone, empty node joins the cluster of that peer."""
+    reply = text(_admin(client, address, "JOIN", peer))
+    return Outcome({"peer": peer, "reply": reply}, f"{address}: {reply}")
+
+
+def repair(client: redis.Redis, address: Address | str) -> Outcome:
+    """REPAIR: a full Merkle anti-entropy pass with every live peer, now."""
+    reply = _admin(client, address, "REPAIR")
+    summary = _jsonable(reply)
+    body = "\n".join(f"{key}: {value}" for key, value in summary.items())
+    return Outcome(summary, body)
+
+
+def rebalance(client: redis.Redis, address: Address | str) -> Outcome:
+    """REBALANCE: ring status and range movements in progress."""
+    status = _jsonable(_admin(client, address, "REBALANCE"))
+    return Outcome(status, json.dumps(status, indent=2, sort_keys=True))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {text(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return text(value)
+    return value

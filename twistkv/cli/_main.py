@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("ring", "vnodes, ownership and key counts per node (RING)")
     p = add("where", "which nodes hold a key (WHERE)")
     p.add_argument("key", metavar="KEY")
+    add("leave", "the --server node hands its data over, leaves the cluster and stops (LEAVE)")
+    p = add("remove", "re-replicate a dead node's data and remove it from the ring (REMOVE)")
+    p.add_argument("node_id", metavar="NODE_ID")
+    p = add("join", "the lone, empty --server node joins the cluster of PEER (JOIN)")
+    p.add_argument("peer", metavar="PEER", help="a member's peer address, host:port")
+    add("repair", "compare Merkle trees with every live peer now and repair (REPAIR)")
+    add("rebalance", "ring status and range movements in progress (REBALANCE)")
     _repl.add_parser(add)
     _cluster.add_parser(add, _Parser, common)
     _bench.add_parser(add, _positive_float)
@@ -167,6 +174,11 @@ def _data_command(ns: argparse.Namespace) -> Outcome:
             "members": lambda: _data.members(client, address),
             "ring": lambda: _data.ring(client, address),
             "where": lambda: _data.where(client, address, ns.key),
+            "leave": lambda: _data.leave(client, address),
+            "remove": lambda: _data.remove(client, address, ns.node_id),
+            "join": lambda: _data.join(client, address, ns.peer),
+            "repair": lambda: _data.repair(client, address),
+            "rebalance": lambda: _data.rebalance(client, address),
         }
         return calls[ns.command]()
     finally:
