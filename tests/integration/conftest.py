@@ -130,6 +130,10 @@ def wait_until(
         time.sleep(interval)
 
 
+#: Seconds Node.wait_ready waits, beyond PONG, for the node to report cluster_ready:1.
+CLUSTER_READY_WAIT = 8.0
+
+
 class NodeError(AssertionError):
     """A node did not start, or did not stop, as expected (includes its output)."""
 
@@ -243,6 +247,7 @@ class Node:
                     + self.output_tail()
                 )
             if raw_ping(self.client_port):
+                self._await_cluster_ready(min(deadline - time.monotonic(), CLUSTER_READY_WAIT))
                 return
             if time.monotonic() > deadline:
                 raise NodeError(
@@ -250,6 +255,31 @@ class Node:
                     f"within {timeout:.0f} s\n" + self.output_tail()
                 )
             time.sleep(0.05)
+
+    def _await_cluster_ready(self, timeout: float) -> None:
+        """Best effort: wait until INFO says the node coordinates (cluster_ready:1).
+
+        A node answers PING before it has checked in with its cluster; tests that use it
+        at once would see "has not joined the cluster yet". Nodes that are never meant to
+        join (a wrong cluster secret) simply use up the short wait.
+        """
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((HOST, self.client_port), timeout=1.0) as conn:
+                    conn.sendall(b"INFO cluster\r\n")
+                    conn.settimeout(1.0)
+                    data = b""
+                    while b"cluster_ready:" not in data or not data.endswith(b"\r\n"):
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                if b"cluster_ready:1" in data:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
 
     @property
     def running(self) -> bool:

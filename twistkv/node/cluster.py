@@ -357,6 +357,12 @@ class ClusterRuntime:
     def _ready(self) -> bool:
         return self.membership.joined and self.rebalancer.ready
 
+    @property
+    def ready(self) -> bool:
+        """Whether this node coordinates requests: it has joined, checked in with a peer
+        (or is alone) and is a NORMAL or LEAVING ring member. /ready and INFO report it."""
+        return self._ready()
+
     def rebalance_status(self, detail: bool = True) -> dict[str, Any]:
         """The rebalancing snapshot for /cluster and the dashboard: this node's ring status,
         the ring and target ring, the movements under way, the movement this node drives with

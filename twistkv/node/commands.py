@@ -906,6 +906,7 @@ def _cluster_info(ctx: NodeContext) -> list[tuple[str, Any]]:
         ("cluster_enabled", 1),
         ("mode", "cluster" if ctx.keyspace is cluster.keyspace else "single"),
         ("cluster_joined", int(cluster.membership.joined)),
+        ("cluster_ready", int(cluster.ready)),
         ("cluster_name", ctx.config.cluster_name),
         ("replicas", ctx.config.replicas),
         ("read_quorum", ctx.config.read_quorum),

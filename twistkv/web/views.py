@@ -206,7 +206,7 @@ def _cluster_fields(node: WebNode, context: Any, now_ms: int) -> dict[str, Any]:
         "mode": "cluster" if clustered else "single",
         "replication": (config.replicas, config.read_quorum, config.write_quorum),
         "members": _snapshot_members(cluster, now_ms / 1000),
-        "joined": bool(cluster.membership.joined),
+        "joined": bool(cluster.ready),
         "rebalance": (
             cluster.rebalance_status(detail=False) if hasattr(cluster, "rebalance_status") else None
         ),
