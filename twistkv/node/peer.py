@@ -329,6 +329,14 @@ class PeerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         assert self.transport is not None
+        # Frames of one turn are already coalesced into one write; Nagle would only
+        # hold the next turn's frames back for the peer's delayed ACK.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
         if self.label == "?":
             self.label = _describe_address(self.transport.getPeer())
         secret = self._config.secret

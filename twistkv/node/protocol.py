@@ -105,6 +105,7 @@ class RespProtocol(Protocol):
         transport = self.transport
         if isinstance(transport, Connection) and not transport.TLS:
             self._socket = transport.socket
+        _no_delay(transport)
         client_id = context.next_client_id
         context.next_client_id += 1
         self.session = ClientSession(context, client_id, _describe(self.transport.getPeer()))
@@ -277,6 +278,21 @@ class RespProtocol(Protocol):
 
     def _peer(self) -> str:
         return self.session.peer if self.session is not None else "?"
+
+
+def _no_delay(transport: Any) -> None:
+    """Turn off Nagle's algorithm, as Redis does for its clients.
+
+    Replies that wait for a quorum or a group commit are written one by one; with
+    Nagle on, every reply after the first waits for the client's delayed ACK (~40 ms),
+    which measured 45 ms per pipelined batch from a single client.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass  # not a TCP socket after all; nothing to tune
 
 
 def error_reply(failure: Failure, command: str, waited: bool = False) -> Error:
