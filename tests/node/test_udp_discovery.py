@@ -358,7 +358,8 @@ def sim_cluster(names: list[str], seeds: dict[str, list[str]] | None = None, *,
         )
         network.revive(address, runtime.server_factory)
         runtime.start()
-        service = cluster_discovery(c, runtime, cluster_name="sim", secret=None, interval=5.0)
+        service = cluster_discovery(c, runtime, cluster_name="sim", secret=None, interval=5.0,
+                                    rng=random.Random(f"jitter-{name}"))
         segment.attach(name, service.discovery)
         runtimes[name] = runtime
     return network, runtimes, segment
@@ -385,6 +386,8 @@ def test_three_runtimes_without_seeds_form_one_cluster_through_discovery() -> No
 
 
 def test_two_clusters_that_meet_on_the_lan_merge() -> None:
+    """Two equal clusters that start hearing each other merge into one; the pair with the
+    smaller ids is the one that starts the merge, and nobody is left waiting."""
     seeds = {"n1": ["n2:7380"], "n2": ["n1:7380"], "n3": ["n4:7380"], "n4": ["n3:7380"]}
     # Two pairs form through seeds while the LAN drops every announce ...
     network, runtimes, segment = sim_cluster(["n1", "n2", "n3", "n4"], seeds, muted=True)
@@ -393,12 +396,19 @@ def test_two_clusters_that_meet_on_the_lan_merge() -> None:
     assert converged({k: runtimes[k] for k in ("n3", "n4")})
     # ... then the announces flow: one pair joins the other (equal sizes: smaller ids join).
     segment.muted = False
+    stats = {name: d.stats for name, d in segment.members}
+    first_joiners: set[str] = set()
+    for _ in range(1200):  # step until the first join decision anywhere
+        network.run_for(0.01)
+        first_joiners = {n for n in stats if stats[n]["join"]}
+        if first_joiners:
+            break
+    assert first_joiners and first_joiners <= {"n1", "n2"}
     network.run_for(12.0)
     assert converged(runtimes)
-    stats = {name: d.stats for name, d in segment.members}
     assert sum(stats[n]["await"] for n in stats) == 0
-    assert stats["n1"]["join"] + stats["n2"]["join"] >= 1
-    assert stats["n3"]["join"] + stats["n4"]["join"] == 0
+    # Later joins from n3/n4 can happen while views merge (an announce from n1/n2 already
+    # counting 4 members): harmless, one more sync. The tie-break only decides who starts.
 
 
 # -- real sockets on loopback --------------------------------------------------------------

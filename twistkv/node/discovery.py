@@ -309,13 +309,16 @@ def cluster_discovery(
     port: int = DEFAULT_DISCOVERY_PORT,
     broadcast_address: str = DEFAULT_BROADCAST_ADDRESS,
     interval: float = DEFAULT_INTERVAL,
+    rng: random.Random | None = None,
 ) -> DiscoveryService:
     """Discovery for a L{twistkv.node.cluster.ClusterRuntime}: announces its node id and
-    peer address, and joins announcers through its membership service."""
+    peer address, and joins announcers through its membership service.
+
+    @param rng: announce jitter; seeded by deterministic simulations."""
     identity = DiscoveryIdentity(cluster_name, cluster.node_id, cluster.peer_address, secret)
     discovery = UDPDiscovery(
         reactor, port, broadcast_address, interval, identity,
         membership_joiner(cluster.membership_service),
-        members=live_member_ids(cluster.membership),
+        members=live_member_ids(cluster.membership), rng=rng,
     )
     return DiscoveryService(discovery)
