@@ -184,3 +184,20 @@ def test_pingreq_is_answered_once_the_relayed_probe_ends() -> None:
     network.run_for(0.3)
     answer = outcome(dead)
     assert (answer.verb, answer.fields["seq"]) == ("SWIM_NACK", str(10**12 + 1))
+
+
+def test_join_through_merges_two_separate_nodes_and_halt_makes_the_service_inactive() -> None:
+    """C{join_through} (what LAN discovery and JOIN call) makes a lone node join another's
+    cluster; C{active} turns false on C{halt}, so callers stop acting for a crashed node."""
+    clock = MemoryReactorClock()
+    network = SimulatedNetwork(clock, random.Random(5), min_delay=0.001, max_delay=0.01)
+    a = Node(network, "a", [])
+    b = Node(network, "b", [])
+    network.run_for(3.0)
+    assert set(a.view()) == {"a"} and set(b.view()) == {"b"}
+    assert b.service.active
+    b.service.join_through([a.address])
+    network.run_for(3.0)
+    assert all_alive([a, b])
+    b.service.halt()
+    assert not b.service.active

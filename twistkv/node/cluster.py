@@ -580,7 +580,7 @@ class ClusterRuntime:
             metadata[REMOVING_KEY] = removing
         me = self.membership.get(self.node_id)
         if self.running and me is not None and me.state is MemberState.ALIVE:
-            self.membership_service._run(
+            self.membership_service.perform(
                 self.membership.set_metadata(metadata, self._reactor.seconds()))
         self.persist_status(status)
         self._refresh_view()
@@ -591,19 +591,18 @@ class ClusterRuntime:
 
     def announce_left(self) -> None:
         """Announce that this node left for good (after handing its ranges over)."""
-        self.membership_service._run(self.membership.leave(self._reactor.seconds()))
+        self.membership_service.perform(self.membership.leave(self._reactor.seconds()))
         self._refresh_view()
 
     def declare_left(self, node_id: str) -> None:
         """Gossip that C{node_id} (a removed dead node) left, on its behalf."""
-        self.membership_service._run(self.membership.remove(
+        self.membership_service.perform(self.membership.remove(
             node_id, self._reactor.seconds(), address=self.address_of(node_id)))
         self._refresh_view()
 
     def join_through(self, seed_address: str) -> None:
         """Start joining the cluster of the node at C{seed_address}."""
-        self.membership_service._run(
-            self.membership.join([seed_address], self._reactor.seconds()))
+        self.membership_service.join_through([seed_address])
 
     def drop_records(self, keys: Sequence[bytes]) -> None:
         """Delete records this node no longer replicates (rebalancing cleanup)."""

@@ -287,15 +287,13 @@ def membership_joiner(service: Any) -> PeerCallback:
     """
 
     def join(address: str) -> None:
-        if not service.running or service._halted:  # noqa: SLF001 - stopped or crashed
+        if not service.active:  # stopped or crashed
             return
         try:
-            actions = service.membership.join([address], service._now())  # noqa: SLF001
+            service.join_through([address])
         except (RuntimeError, ValueError) as error:  # left the cluster, or a bad address
             _log.warn("Discovery: cannot join through {address}: {error}", address=address,
                       error=str(error))
-            return
-        service._run(actions)  # noqa: SLF001 - the service's own Send/MemberEvent dispatch
 
     return join
 

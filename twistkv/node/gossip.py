@@ -142,12 +142,12 @@ class MembershipService(Service):
         """Join through the seeds (the core retries until one answers)."""
         super().startService()
         self._halted = False
-        self._run(self.membership.join(self._seeds, self._now()))
+        self.perform(self.membership.join(self._seeds, self._now()))
 
     def stopService(self) -> Deferred[None] | None:
         """Announce that we leave; the farewell gossip is queued on the pool."""
         if not self._halted:
-            self._run(self.membership.leave(self._now()))
+            self.perform(self.membership.leave(self._now()))
         self.halt()
         super().stopService()
         return None
@@ -195,7 +195,7 @@ class MembershipService(Service):
             answer = Deferred()
             self._sync_answers.setdefault(message.source_address, deque()).append(answer)
         actions = self.membership.receive(peer_node_id, message, self._now())
-        self._run(actions)
+        self.perform(actions)
         if answer is None or answer.called:
             return answer
         if isinstance(message, PingReq) and any(
@@ -228,7 +228,7 @@ class MembershipService(Service):
             _log.warn("Bad {verb} from {peer}: {error}", verb=frame.verb, peer=address,
                       error=str(error))
             return
-        self._run(self.membership.receive(sender, message, self._now()))
+        self.perform(self.membership.receive(sender, message, self._now()))
 
     @staticmethod
     def _request_failed(failure: Failure, address: str, verb: str) -> None:
@@ -238,7 +238,23 @@ class MembershipService(Service):
 
     # -- the core's actions ------------------------------------------------------------------
 
-    def _run(self, actions: list[Action]) -> None:
+    @property
+    def active(self) -> bool:
+        """Started and not halted: membership decisions may be acted on."""
+        return bool(self.running) and not self._halted
+
+    def join_through(self, addresses: list[str]) -> None:
+        """Join the cluster of any of C{addresses} (the core retries until one answers).
+
+        @raise RuntimeError: this node has left the cluster.
+        @raise ValueError: an address is malformed.
+        """
+        self.perform(self.membership.join(addresses, self._now()))
+
+    def perform(self, actions: list[Action]) -> None:
+        """Carry out decisions of the membership core (sends and member events) and re-arm
+        the protocol timer. For callers that drive the core themselves: leave, remove, status
+        changes, LAN discovery."""
         for action in actions:
             if isinstance(action, MemberEvent):
                 self._publish(action)
@@ -304,4 +320,4 @@ class MembershipService(Service):
         self._timer, self._timer_at = None, math.inf
         now = self._now()
         self._last_tick = now
-        self._run(self.membership.tick(now))
+        self.perform(self.membership.tick(now))
