@@ -13,7 +13,10 @@ cluster (CI has no Docker engine and no cluster). Instead:
     schemas of Kubernetes L{KUBERNETES_VERSION}, strictly (an unknown or
     misspelt field is an error);
   - ports, probe paths, volumes, seeds and advertised addresses are
-    cross-checked between the files and against the command lines.
+    cross-checked between the files and against the command lines;
+  - the StatefulSet's preStop hook is parsed by the real CLI parser as
+    ``twistkv k8s-prestop`` (LEAVE on scale-down, drain otherwise), and the
+    RBAC that lets it read the StatefulSet grants nothing more.
 
 Fast and without sockets, except that building the integration tests' own
 command line (L{integration_argv}) reserves three free loopback ports.
@@ -522,10 +525,12 @@ def test_manifest_is_valid_kubernetes(item: tuple[Path, dict[str, Any]]) -> None
 
 def test_manifests_cover_the_deployment() -> None:
     """There are a StatefulSet, a headless peer Service, client and HTTP
-    Services and a PodDisruptionBudget, and every Service and the PDB select
-    the StatefulSet's pods."""
+    Services, a PodDisruptionBudget and the preStop hook's ServiceAccount, Role
+    and RoleBinding, and every Service and the PDB select the StatefulSet's
+    pods."""
     kinds = sorted(d["kind"] for _, d in K8S_DOCUMENTS)
-    assert kinds == ["PodDisruptionBudget", "Service", "Service", "Service", "StatefulSet"]
+    assert kinds == ["PodDisruptionBudget", "Role", "RoleBinding", "Service", "Service",
+                     "Service", "ServiceAccount", "StatefulSet"]
     labels = statefulset()["spec"]["template"]["metadata"]["labels"]
     assert statefulset()["spec"]["selector"]["matchLabels"].items() <= labels.items()
     for _, document in K8S_DOCUMENTS:
@@ -652,13 +657,70 @@ def test_statefulset_storage_security_and_resources() -> None:
         assert {"cpu", "memory"} <= set(resources[kind])
 
 
-def test_statefulset_prestop_drains_without_leaving() -> None:
-    """preStop only waits for the Services to drain: it must not run `twistkv leave`,
-    which would decommission a pod that is merely restarting or being updated."""
-    command = container()["lifecycle"]["preStop"]["exec"]["command"]
-    script = " ".join(command)
-    assert "sleep" in script
-    assert "leave" not in script
+def prestop_command() -> list[str]:
+    command: list[str] = container()["lifecycle"]["preStop"]["exec"]["command"]
+    return command
+
+
+def test_statefulset_prestop_is_the_k8s_prestop_entry_point() -> None:
+    """preStop runs `twistkv k8s-prestop` (LEAVE only when scaled away, else drain), not a
+    shell line: the real CLI parser accepts its arguments and dispatches them to
+    twistkv.cli._k8s.run, it talks to the node's own client port, drains for a few seconds,
+    and logs to the container's stdout. It finds the pod and namespace in the env vars the
+    container defines (no $(VAR) needed: an exec hook gets the container's environment)."""
+    from twistkv.cli import _k8s
+    from twistkv.cli._main import parse
+
+    command = prestop_command()
+    assert command[:2] == ["twistkv", "k8s-prestop"], command
+    ns = parse(command[1:])
+    assert ns.command == "k8s-prestop" and ns.handler is _k8s.run
+    ports = node_ports(kvnode_args(pod_argv("twistkv-0")))
+    assert ns.server == f"127.0.0.1:{ports['client']}"
+    assert 0 < ns.drain_seconds <= 10
+    assert ns.also_log == "/proc/1/fd/1"
+    assert ns.leave_timeout is None  # derived from the grace period read from the API
+    assert ns.service_account_dir == _k8s.SERVICE_ACCOUNT_DIR
+    assert ns.pod is None and ns.namespace is None and ns.statefulset is None
+    env = pod_env("twistkv-3")
+    assert env["POD_NAME"] == "twistkv-3" and env["POD_NAMESPACE"] == "demo"
+    assert not any("$(" in arg for arg in command)
+    assert _k8s.pod_ordinal(env["POD_NAME"]) == (statefulset()["metadata"]["name"], 3)
+
+
+def test_prestop_can_read_its_statefulset_and_nothing_more() -> None:
+    """The pods run as a ServiceAccount whose token is mounted; a namespaced Role grants
+    exactly `get` on this StatefulSet (least privilege: no list/watch/write, no other
+    resource, no ClusterRole), and a RoleBinding gives it to that ServiceAccount."""
+    pod_spec = statefulset()["spec"]["template"]["spec"]
+    account = pod_spec["serviceAccountName"]
+    assert pod_spec.get("automountServiceAccountToken", True) is True
+    assert k8s_object("ServiceAccount", account)
+    binding = k8s_object("RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": binding["roleRef"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account}]
+    role = k8s_object("Role", binding["roleRef"]["name"])
+    assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["statefulsets"],
+                              "resourceNames": [statefulset()["metadata"]["name"]],
+                              "verbs": ["get"]}]
+    kinds = {d["kind"] for _, d in K8S_DOCUMENTS}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+    for _, document in K8S_DOCUMENTS:
+        assert "namespace" not in document["metadata"], "manifests name no namespace"
+
+
+def test_grace_period_leaves_time_to_leave_but_liveness_restarts_fast() -> None:
+    """The pod's grace period bounds a scale-down's LEAVE (the hook waits it minus
+    GRACE_MARGIN): at least a minute of streaming. A liveness restart does not wait for
+    it: the probe has its own short grace period."""
+    from twistkv.cli import _k8s
+
+    pod_spec = statefulset()["spec"]["template"]["spec"]
+    grace = pod_spec["terminationGracePeriodSeconds"]
+    assert grace - _k8s.GRACE_MARGIN >= 60
+    liveness_grace = container()["livenessProbe"]["terminationGracePeriodSeconds"]
+    assert 0 < liveness_grace <= 60 < grace
 
 def test_kind_config_is_a_kind_cluster() -> None:
     """kind-config.yaml is a kind v1alpha4 Cluster with a control plane and

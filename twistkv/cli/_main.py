@@ -77,7 +77,7 @@ def global_options() -> _Parser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser (also used by the docs and the tests)."""
-    from twistkv.cli import _bench, _cluster, _load, _repl
+    from twistkv.cli import _bench, _cluster, _k8s, _load, _repl
 
     common = global_options()
     parser = _Parser(
@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster.add_parser(add, _Parser, common)
     _bench.add_parser(add, _positive_float)
     _load.add_parser(add)
+    _k8s.add_parser(add)
     return parser
 
 
