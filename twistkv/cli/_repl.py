@@ -42,7 +42,7 @@ __all__ = ["Repl", "add_parser", "run", "HELP", "BUILTINS"]
 HELP = """\
 REPL commands (seed 001):
   join <addr>             join the cluster through a peer (how twistkv does it: explained)
-  leave                   leave the cluster (what twistkv offers instead: explained)
+  leave                   this node hands its ranges over, leaves the cluster and stops
   query <addr> <key>      GET a key through one specific node (client host:port, peer
                           address or node id)
   help                    this text ('help server' shows the node's own HELP)
@@ -275,22 +275,10 @@ class Repl:
         )
 
     def do_leave(self, args: list[str]) -> None:
-        try:
-            with errors_mapped(self.server):
-                reply = command(self.client, "LEAVE", *args)
-            self.say(format_reply(reply))
-            return
-        except CLIError as exc:
-            if "unknown command" not in exc.message.lower():
-                raise
-        self.say(
-            "This node has no LEAVE command yet: leaving for good (decommissioning) must first\n"
-            "hand the node's key ranges to the others, which is the rebalancing work to come.\n"
-            "What you can do now: stop the node (SIGTERM, or 'twistkv cluster kill <node>' /\n"
-            "'twistkv cluster down'). Its peers then treat it as failed, not gone: it keeps its\n"
-            "place in the ring, writes meant for it are kept as hints by other nodes, and it\n"
-            "catches up when it is restarted ('twistkv cluster restart <node>')."
-        )
+        """LEAVE: the node streams its ranges to their new owners, then leaves and stops."""
+        with errors_mapped(self.server):
+            reply = command(self.client, "LEAVE", *args)
+        self.say(format_reply(reply))
 
     def do_query(self, args: list[str]) -> None:
         self._need(args, 2, "query <addr|node-id> <key>")
