@@ -145,6 +145,7 @@ return {
   live: live ? live.textContent.trim() : null,
   members: document.querySelectorAll('tr.member').length,
   arcs: document.querySelectorAll('#ring-svg path.arc').length,
+  leave: document.querySelectorAll('#demo-form button[data-action="leave"]').length,
 };
 """
 
@@ -171,6 +172,7 @@ def test_teacher_kills_a_node_and_the_class_watches_it_heal(
                       and s["verdict"] == "all 3 nodes alive" and s, 20,
                       "the dashboard shows 3 alive nodes, live")
     assert seen["members"] == 3 and seen["arcs"] > 3
+    assert seen["leave"] == 0, "no demo controls without --admin-token"
     browser.screenshots("01-three-alive")
 
     client = n1.client()
@@ -223,3 +225,9 @@ def test_teacher_kills_a_node_and_the_class_watches_it_heal(
 
     errors = [entry for entry in browser.browser_log() if entry.get("level") == "SEVERE"]
     assert errors == [], f"console errors: {errors}"
+
+    # With --admin-token the demo controls, "ask to leave" included, are on the page.
+    admin = node_factory.start("solo", extra_args=["--admin-token", "s3cret-token"])
+    browser.get(admin.http_url + "/")
+    wait_until(lambda: _seen(browser, "solo")["leave"] == 1, 20,
+               "the leave control is shown with --admin-token")

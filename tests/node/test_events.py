@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twistkv.core.membership import Member, MemberEvent, MemberState
 from twistkv.core.peerwire import Frame
 from twistkv.node.events import (
+    MAX_STREAMS,
     ClusterWatch,
     Event,
     EventBus,
@@ -255,9 +256,31 @@ class FakeRuntime:
         self.membership_service = FakeMembershipService()
         self.pool = FakePool()
         self.stats_extras: dict[str, Callable[[], Any]] = {}
+        self.rebalancer = FakeRebalancer()
 
     def stats(self) -> dict[str, int]:
         return dict(self.counters)
+
+
+class FakeRebalancer:
+    """Hands stream reports to its observers, as L{Rebalancer.observe} does."""
+
+    def __init__(self) -> None:
+        self.observers: list[Callable[[str, dict[str, Any]], None]] = []
+
+    def observe(self, observer: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
+        self.observers.append(observer)
+        return lambda: self.observers.remove(observer)
+
+    def report(self, phase: str, data: dict[str, Any]) -> None:
+        for observer in list(self.observers):
+            observer(phase, data)
+
+
+def report(stream: str, node: str = "n1", state: str = "running", **kw: Any) -> dict[str, Any]:
+    """A stream report (the fields the watch reads; the rest travels along untouched)."""
+    return {"stream": stream, "node": node, "source": node, "target": "n9", "state": state,
+            "keys": 0, "bytes": 0, "percent": None, "at": 5.0, **kw}
 
 
 @pytest.fixture
@@ -411,15 +434,108 @@ def test_failed_stats_requests_are_swallowed(watched: Any) -> None:
 
 
 def test_watch_registers_its_stats_member_and_stops(watched: Any) -> None:
-    """The traffic member is offered to the runtime's STATS; stop() unsubscribes and halts."""
+    """The traffic and rebalance members are offered to the runtime's STATS; stop()
+    unsubscribes and halts."""
     clock, bus, runtime, watch, seen, _ = watched
-    assert set(runtime.stats_extras) == {"traffic"}
+    assert set(runtime.stats_extras) == {"traffic", "rebalance"}
+    assert runtime.stats_extras["rebalance"]() == []
     assert runtime.stats_extras["traffic"]() == {"commands": {}}
     watch.stop()
     assert runtime.membership_service.subscribers == []
     seen.clear()
     clock.advance(5)
     assert seen == []
+
+
+def test_rebalancer_reports_become_rebalance_events(watched: Any) -> None:
+    """This node's stream reports are published in order as rebalance_<phase>, at the
+    report's time; progress reaches live watchers but is not kept for replay."""
+    clock, bus, runtime, watch, seen, _ = watched
+    runtime.rebalancer.report("start", report("s1", at=5.0))
+    runtime.rebalancer.report("progress", report("s1", keys=40, percent=50.0, at=6.0))
+    runtime.rebalancer.report("done", report("s1", "n1", "done", keys=71, percent=100.0, at=7))
+    assert [(e.kind, e.data["keys"], e.at) for e in seen] == [
+        ("rebalance_start", 0, 5.0), ("rebalance_progress", 40, 6.0), ("rebalance_done", 71, 7)]
+    assert kinds(bus.recent()) == ["rebalance_start", "rebalance_done"]
+    assert watch.streams["s1"]["state"] == "done"
+    assert runtime.stats_extras["rebalance"]() == [watch.streams["s1"]]
+    watch.stop()
+    assert runtime.rebalancer.observers == []
+
+
+def test_watch_keeps_recent_streams_forgetting_finished_ones_first(watched: Any) -> None:
+    """At most MAX_STREAMS reports are kept; a running stream outlives newer finished ones."""
+    clock, bus, runtime, watch, seen, _ = watched
+    runtime.rebalancer.report("start", report("running"))
+    for index in range(MAX_STREAMS + 5):
+        runtime.rebalancer.report("done", report(f"d{index}", state="done"))
+    assert len(watch.streams) == MAX_STREAMS
+    assert "running" in watch.streams and "d0" not in watch.streams
+    assert f"d{MAX_STREAMS + 4}" in watch.streams
+
+
+def test_peer_streams_are_relayed_as_events(watched: Any) -> None:
+    """A peer's STATS lists the streams it drives: a new running one is relayed as started,
+    a change as progress, its end as done. A finished one in the first answer is old news,
+    kept without an event; one that ended between two polls gets its done event; one that
+    vanished unfinished (the peer restarted) is reported failed."""
+    clock, bus, runtime, watch, seen, _ = watched
+    stats = {"reads": 0}
+
+    def answer(*reports: dict[str, Any]) -> None:
+        clock.advance(1)
+        runtime.pool.answer("n2.test:7380", {**stats, "rebalance": list(reports)})
+
+    answer(report("s1", "n2", keys=0), report("old", "n2", "done", keys=9),
+           report("forged", "n3"))
+    answer(report("s1", "n2", keys=40), report("old", "n2", "done", keys=9),
+           report("s2", "n2"))
+    answer(report("s1", "n2", keys=40), report("s2", "n2", keys=3),
+           report("quick", "n2", "done", keys=5))
+    answer(report("s1", "n2", "done", keys=71), report("s2", "n2", keys=3))
+    answer(report("s1", "n2", "done", keys=71))
+    relayed = [(e.kind, e.data["stream"], e.data["keys"]) for e in seen
+               if e.kind.startswith("rebalance")]
+    assert relayed == [
+        ("rebalance_start", "s1", 0),
+        ("rebalance_progress", "s1", 40),
+        ("rebalance_start", "s2", 0),
+        ("rebalance_progress", "s2", 3),
+        ("rebalance_done", "quick", 5),
+        ("rebalance_done", "s1", 71),
+        ("rebalance_failed", "s2", 3),
+    ]
+    failed = [e for e in seen if e.kind == "rebalance_failed"]
+    assert failed[0].data["error"] == "n2 no longer reports this stream"
+    assert kinds(bus.recent()) == ["rebalance_start", "rebalance_start", "rebalance_done",
+                                   "rebalance_done", "rebalance_failed"]
+    assert watch.streams["old"]["keys"] == 9 and "forged" not in watch.streams
+    assert runtime.stats_extras["rebalance"]() == [], "a peer's streams are not re-exported"
+
+
+@pytest.mark.parametrize("answers", [True, False])
+def test_a_driver_that_leaves_is_asked_once_more_then_its_streams_are_closed(
+        watched: Any, answers: bool) -> None:
+    """When a peer driving a stream turns LEFT (a leaver lingers a moment), it is asked for
+    STATS at once: its final report is relayed. If it does not answer, the stream is
+    reported failed after the request timeout, saying why."""
+    clock, bus, runtime, watch, seen, _ = watched
+    clock.advance(1)
+    runtime.pool.answer("n2.test:7380", {"rebalance": [report("s1", "n2", keys=40)]})
+    runtime.membership_service.emit(MemberEvent("n2", MemberState.ALIVE, MemberState.LEFT,
+                                                3, clock.seconds()))
+    assert [a for a, _ in runtime.pool.requests] == ["n2.test:7380"]
+    if answers:
+        runtime.pool.answer("n2.test:7380", {"rebalance": [report("s1", "n2", "done",
+                                                                  keys=71)]})
+    clock.advance(2.5)
+    final = [(e.kind, e.data["keys"], e.data.get("error")) for e in seen
+             if e.kind in ("rebalance_done", "rebalance_failed")]
+    if answers:
+        assert final == [("rebalance_done", 71, None)]
+    else:
+        assert final == [("rebalance_failed", 40,
+                          "n2 is left: the end of this stream was not reported")]
 
 
 def test_watch_stops_itself_with_the_runtime(watched: Any) -> None:

@@ -33,6 +33,7 @@ from twistkv.core.transfers import RingStatus
 from twistkv.node.cluster import ClusterOptions, ClusterRuntime
 from twistkv.node.coordinator import QuorumUnavailable, ReadResult
 from twistkv.node.durability import GroupCommitter
+from twistkv.node.events import Event, EventBus, watch_cluster
 from twistkv.node.rebalance import RebalanceError, decode_entries, encode_entries
 from twistkv.storage.interface import FsyncPolicy
 from twistkv.storage.memory import MemoryStore
@@ -294,6 +295,123 @@ def test_a_fourth_node_joins_under_quorum_load_with_resets(seed: int) -> None:
     assert sum(n.rt.stats()["pending_writes"] for n in cluster.nodes) > 0
     assert sum(n.rt.stats()["rebalance_keys_dropped"] for n in cluster.nodes) > 0
     json.dumps(status)
+
+
+def test_a_join_publishes_each_streams_start_progress_and_done_in_order() -> None:
+    """n4's event bus gets, per stream, rebalance_start (nothing moved yet), progress after
+    the first chunk (which tells the total) and then at most once a second, with keys and
+    percent only growing, and rebalance_done with the stream's final keys and bytes; the
+    totals match the metrics. n1's dashboard gets n4's streams relayed through STATS."""
+    cluster = Cluster(3, seed=1, options=replace(OPTIONS, rebalance_rate=3_000))
+    cluster.load(300)
+    n4 = cluster.add_node()
+    clock = cluster.network.clock
+    seen: dict[str, list[Event]] = {}
+    for node in (n4, cluster.nodes[0]):
+        bus = EventBus(clock)
+        watch_cluster(bus, node.rt, clock)
+        seen[node.name] = []
+        bus.subscribe(seen[node.name].append)
+    cluster.run(20.0)
+    done = n4.rt.rebalancer.last_operation
+    assert done is not None and done.phase == "done" and len(done.streams) == 3
+    events = [e for e in seen["n4"] if e.kind.startswith("rebalance_")]
+    assert {e.data["stream"] for e in events} == {sp.id for sp in done.streams}
+    progress_total = 0
+    for sp in done.streams:
+        mine = [e for e in events if e.data["stream"] == sp.id]
+        kinds = [e.kind for e in mine]
+        assert kinds[0] == "rebalance_start" and kinds[-1] == "rebalance_done"
+        assert set(kinds[1:-1]) == {"rebalance_progress"}
+        progress_total += len(kinds) - 2
+        first, last = mine[0].data, mine[-1].data
+        assert (first["keys"], first["bytes"], first["percent"], first["state"]) == (
+            0, 0, None, "running")
+        assert (last["keys"], last["bytes"], last["percent"], last["state"]) == (
+            sp.keys, sp.size, 100.0, "done")
+        assert (last["source"], last["target"], last["node"], last["movement"]) == (
+            sp.source, "n4", "n4", "join:n4")
+        assert last["ranges"] == len(sp.ranges) and 0 < last["share"] < 1
+        assert last["scan_total"] == sp.source_records > 0
+        keys = [e.data["keys"] for e in mine]
+        percents = [e.data["percent"] for e in mine[1:]]
+        assert keys == sorted(keys) and None not in percents and percents == sorted(percents)
+        times = [e.at for e in mine if e.kind == "rebalance_progress"][1:]
+        assert all(b - a >= 1.0 for a, b in zip(times, times[1:], strict=False))
+    assert progress_total > len(done.streams), "some stream reported progress twice or more"
+    assert sum(e.data["keys"] for e in events if e.kind == "rebalance_done") == (
+        n4.rt.stats()["rebalance_keys_streamed"])
+    relayed = [(e.kind, e.data["stream"]) for e in seen["n1"]
+               if e.kind in ("rebalance_start", "rebalance_done")]
+    assert sorted(relayed) == sorted([("rebalance_start", sp.id) for sp in done.streams]
+                                     + [("rebalance_done", sp.id) for sp in done.streams])
+    for sp in done.streams:
+        assert relayed.index(("rebalance_start", sp.id)) < relayed.index(
+            ("rebalance_done", sp.id))
+    assert {e.data["stream"]: e.data["keys"] for e in seen["n1"]
+            if e.kind == "rebalance_done"} == {sp.id: sp.keys for sp in done.streams}
+
+
+def test_streams_stopped_midway_are_reported_failed_once() -> None:
+    """The joiner crashes mid-stream: each stream that had started and not finished is
+    reported failed (once, with the reason) and nothing is reported after that."""
+    cluster = Cluster(3, seed=2, options=replace(OPTIONS, rebalance_rate=3_000))
+    cluster.load(300)
+    n4 = cluster.add_node()
+    reports: list[tuple[str, dict[str, Any]]] = []
+    n4.rt.rebalancer.observe(lambda phase, report: reports.append((phase, report)))
+    for _ in range(200):
+        cluster.run(0.1)
+        if any(phase == "progress" for phase, _ in reports):
+            break
+    started = {r["stream"] for phase, r in reports if phase == "start"}
+    running = started - {r["stream"] for phase, r in reports if phase == "done"}
+    assert running
+    operation = n4.rt.rebalancer.operation
+    assert operation is not None
+    operation.done.addErrback(lambda failure: None)  # the join fails: expected here
+    n4.crash()
+    cluster.run(10.0)
+    failed = [r for phase, r in reports if phase == "failed"]
+    assert sorted(r["stream"] for r in failed) == sorted(running)
+    assert all(r["state"] == "failed" and r["error"] == "the node stopped" for r in failed)
+    for stream in running:
+        phases = [phase for phase, r in reports if r["stream"] == stream]
+        assert phases[0] == "start" and phases[-1] == "failed" and phases.count("failed") == 1
+
+
+def test_a_stream_whose_source_dies_is_reported_failed_then_replanned() -> None:
+    """A source dies mid-stream: once it is declared dead its stream is reported failed
+    (its ranges re-planned), and the new streams from surviving replicas start and finish."""
+    options = replace(OPTIONS, rebalance_rate=3_000, rebalance_streams=1,
+                      rebalance_chunk_keys=10)
+    cluster = Cluster(3, seed=3, options=options)
+    cluster.load(300)
+    n4 = cluster.add_node()
+    reports: list[tuple[str, dict[str, Any]]] = []
+    n4.rt.rebalancer.observe(lambda phase, report: reports.append((phase, report)))
+    for _ in range(300):
+        cluster.run(0.1)
+        if any(phase == "progress" for phase, _ in reports):
+            break
+    victim = reports[0][1]
+    assert reports[0][0] == "start"
+    cluster.node(victim["source"]).crash()
+    joined = n4.rt.rebalancer.last_operation
+    for _ in range(120):
+        cluster.run(0.5)
+        joined = n4.rt.rebalancer.last_operation
+        if joined is not None and joined.phase == "done":
+            break
+    assert joined is not None and joined.phase == "done"
+    lost = [(phase, r) for phase, r in reports if r["stream"] == victim["stream"]]
+    assert lost[-1][0] == "failed" and lost[-1][1]["state"] == "failed"
+    assert lost[-1][1]["error"] == f"source {victim['source']} lost; its ranges are re-planned"
+    later = [r for phase, r in reports[reports.index(lost[-1]) + 1:] if phase == "done"]
+    assert later and all(r["source"] != victim["source"] for r in later)
+    assert {r["stream"] for r in later} == {
+        sp.id for sp in joined.streams if sp.state == "done"} - {
+        r["stream"] for phase, r in reports[:reports.index(lost[-1])] if phase == "done"}
 
 
 def test_during_a_join_writes_go_to_old_and_new_owners_and_reads_to_old_ones() -> None:

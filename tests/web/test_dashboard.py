@@ -29,6 +29,7 @@ from twistkv.web.dashboard import (
     health_verdict,
     members_view,
     overview_view,
+    rebalance_view,
     ring_arcs,
     ring_view,
     seconds_text,
@@ -128,6 +129,15 @@ def test_seconds_text(seconds: float, text: str) -> None:
     ("read_repair", {"node": "n3", "count": 2}, "n3 read-repaired 2 stale replicas", "ok"),
     ("quorum_failure", {"node": "n1", "reads": 0, "writes": 2},
      "n1: 2 writes failed to reach quorum", "bad"),
+    ("rebalance_start", {"move": "join", "subject": "n4", "source": "n1", "target": "n4",
+                         "ranges": 5, "share": 0.268},
+     "join of n4: n1 → n4 started streaming 5 ranges (26.8% of the ring)", "info"),
+    ("rebalance_done", {"move": "leave", "subject": "n2", "source": "n2", "target": "n3",
+                        "keys": 71, "bytes": 8236},
+     "leave of n2: n2 → n3 done: 71 keys, 8.0 KiB moved", "ok"),
+    ("rebalance_failed", {"move": "join", "subject": "n4", "source": "n1", "target": "n4",
+                          "keys": 1, "bytes": 40, "error": "the ring changed"},
+     "join of n4: n1 → n4 stopped after 1 key, 40 B: the ring changed", "warn"),
 ])
 def test_describe_event(kind: str, data: dict[str, Any], text: str, severity: str) -> None:
     """Each event kind reads as a sentence with a severity."""
@@ -247,6 +257,121 @@ def test_traffic_view_per_node_and_commands() -> None:
     assert view["nodes"][1]["latency"]["lines"][0]["segments"] == []
 
 
+def stream(stream_id: str, state: str = "running", **kw: Any) -> dict[str, Any]:
+    """A C{rebalance_*} event's data, as L{twistkv.node.rebalance.stream_report} makes it."""
+    report: dict[str, Any] = {
+        "stream": stream_id, "node": "n4", "movement": "join:n4", "move": "join",
+        "subject": "n4", "source": "n1", "target": "n4", "ranges": 5, "share": 0.25,
+        "state": state, "keys": 40, "bytes": 4640, "chunks": 1, "retries": 0,
+        "scanned": 150, "scan_total": 300, "percent": 50.0, "error": None,
+        "started_at": NOW - 3, "at": NOW}
+    report.update(kw)
+    return report
+
+
+def test_rebalance_view_one_bar_per_stream_running_first() -> None:
+    """Each recent stream is a bar with its route, movement, figures and percentage; running
+    streams come first, then the newest finished ones; the percentage is absent until known."""
+    view = rebalance_view(snapshot(streams=(
+        stream("s1", "done", keys=71, bytes=8236, percent=100.0, started_at=NOW - 9),
+        stream("s2", "failed", error="the ring changed", started_at=NOW - 5),
+        stream("s3", "running", percent=None, scan_total=None, keys=0, bytes=0),
+        stream("s4", "retrying", error="n1 unreachable", source="n2"),
+    )))
+    assert view["active"] == 2
+    bars = view["bars"]
+    assert [b["id"] for b in bars] == ["s3", "s4", "s2", "s1"]
+    running, retrying, failed, done = bars
+    assert (running["percent"], running["width"], running["state_text"]) == (
+        None, 0.0, "streaming")
+    assert (retrying["source"], retrying["level"], retrying["error"]) == (
+        "n2", "warn", "n1 unreachable")
+    assert (failed["level"], failed["error"]) == ("bad", "the ring changed")
+    assert (done["keys"], done["bytes_text"], done["width"], done["level"]) == (
+        71, "8.0 KiB", 100.0, "ok")
+    assert done["movement"] == "join of n4" and done["ranges_text"] == "5 ranges, 25.0% of the ring"
+    assert done["elapsed_text"] == "9 s"
+    json.dumps(view)
+
+
+def test_rebalance_view_shows_at_most_a_dozen_bars() -> None:
+    """Many finished streams do not push a running one off the panel."""
+    old = tuple(stream(f"d{i}", "done", started_at=NOW - 100 + i) for i in range(20))
+    bars = rebalance_view(snapshot(streams=(*old, stream("live", started_at=NOW - 200))))["bars"]
+    assert len(bars) == 12 and bars[0]["id"] == "live"
+    assert [b["id"] for b in bars[1:3]] == ["d19", "d18"]
+
+
+def test_rebalance_view_forgets_older_movements_and_old_finished_streams() -> None:
+    """Finished streams of an earlier movement (say the start-up joins) and finished ones
+    older than ten minutes make no bar; running streams always do."""
+    earlier = stream("j2", "done", node="n2", movement="join:n2", started_at=NOW - 50)
+    running = stream("j3-run", node="n3", movement="join:n3", started_at=NOW - 40, at=NOW)
+    ended = stream("j4", "done", started_at=NOW - 30)
+    latest = stream("j4-late", "done", started_at=NOW - 20)
+    ids = [b["id"] for b in rebalance_view(snapshot(
+        streams=(earlier, running, ended, latest)))["bars"]]
+    assert ids == ["j3-run", "j4-late", "j4"]
+    stale = rebalance_view(snapshot(streams=(earlier, running, ended, latest),
+                                    now_s=NOW + 601))["bars"]
+    assert [b["id"] for b in stale] == ["j3-run"]
+
+
+class Bars(HTMLParser):
+    """The progress bars of a rendered page: each C{li.move} with its C{svg} and C{rect}s."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.bars: list[dict[str, Any]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        classes = (a.get("class") or "").split()
+        if tag == "li" and "move" in classes:
+            self.bars.append({"li": a, "svg": None, "rects": []})
+        elif self.bars and tag == "svg" and "progress" in classes:
+            self.bars[-1]["svg"] = a
+        elif self.bars and tag == "rect":
+            self.bars[-1]["rects"].append(a)
+
+
+def test_page_renders_a_progress_bar_per_moving_stream() -> None:
+    """In the failures-and-healing panel, each stream is an accessible SVG progress bar whose
+    fill is its percentage, with route, keys, bytes and state in words."""
+    view = snapshot(streams=(stream("s1", "done", keys=71, bytes=8236, percent=100.0),
+                             stream("s2", "running", percent=37.5, source="n2")))
+    html = render("index.html", node=node_view(view.node), dash=dashboard_view(view)).decode()
+    bars = Bars(html).bars
+    assert [b["li"]["data-stream"] for b in bars] == ["s2", "s1"]
+    running, done = bars
+    assert running["li"]["data-state"] == "running" and done["li"]["data-state"] == "done"
+    assert running["svg"]["role"] == "progressbar"
+    assert running["svg"]["aria-valuenow"] == "37.5" and done["svg"]["aria-valuenow"] == "100.0"
+    fills = [[r for r in b["rects"] if "fill" in (r.get("class") or "").split()] for b in bars]
+    assert [f[0]["width"] for f in fills] == ["37.5", "100.0"]
+    assert "ok" in (fills[1][0]["class"] or "").split()
+    page = Page(html)
+    assert " ".join(page.text["move-s2"].split()).startswith("n2 → n4 join of n4")
+    assert "71 keys · 8.0 KiB · 100.0%" in " ".join(page.text["move-s1"].split())
+
+
+def test_progress_bar_without_a_known_total_has_no_value() -> None:
+    """Until the source first answers, the bar is empty and claims no percentage."""
+    part = render("parts/rebalance.html", dash=dashboard_view(
+        snapshot(streams=(stream("s1", percent=None, scan_total=None),)), ["rebalance"]))
+    bars = Bars(part.decode()).bars
+    assert "aria-valuenow" not in bars[0]["svg"]
+    assert [r["width"] for r in bars[0]["rects"]] == ["100", "0.0"]
+
+
+def test_no_moving_stream_renders_no_bar() -> None:
+    """With nothing moving the part is an empty list (hidden by the stylesheet)."""
+    page = Page(render("parts/rebalance.html", dash=dashboard_view(snapshot(), ["rebalance"]))
+                .decode())
+    assert "moves" in page.ids and page.text["moves"] == ""
+
+
 # -- templates -------------------------------------------------------------------------------------
 
 
@@ -337,6 +462,8 @@ def test_demo_controls_only_with_an_admin_token() -> None:
     on = page_for(snapshot(admin=True, paused_until=NOW + 9))
     assert "demo-form" in on.ids
     assert "paused for 9.0 s more" in on.text["demo-status"]
+    assert off.find("button", **{"data-action": "leave"}) == []
+    assert [b["type"] for b in on.find("button", **{"data-action": "leave"})] == ["button"]
 
 
 def test_timeline_part_renders_events_escaped() -> None:

@@ -19,7 +19,8 @@ from twistkv.core.quorum import ConsistencyLevel
 from twistkv.core.record import Version
 from twistkv.core.ring import Ring
 from twistkv.node.coordinator import QuorumUnavailable, ReadResult
-from twistkv.node.events import EventBus, MembershipPause
+from twistkv.node.events import ClusterWatch, EventBus, MembershipPause
+from twistkv.node.rebalance import RebalanceError
 from twistkv.web.app import ADMIN_TOKEN_HEADER, MAX_EVENT_STREAMS, NodeWebApp
 from twistkv.web.dashboard import dashboard_view, snapshot_dashboard
 from twistkv.web.sse import format_event, parse_event_id
@@ -110,6 +111,75 @@ def test_stream_delivers_events_in_order_with_ids() -> None:
         ("e1-1", "member"), ("e1-2", "traffic"), ("e1-3", "member")]
     first = json.loads(got[0]["data"])
     assert first["text"] == "n2 alive → suspect" and first["severity"] == "warn"
+
+
+class FakeRebalancer:
+    """Hands stream reports to its observers, as L{Rebalancer.observe} does."""
+
+    def __init__(self) -> None:
+        self.observers: list[Any] = []
+
+    def observe(self, observer: Any) -> Any:
+        self.observers.append(observer)
+        return lambda: self.observers.remove(observer)
+
+    def report(self, phase: str, **data: Any) -> None:
+        report = {"stream": "n4-1", "node": "n4", "movement": "join:n4", "move": "join",
+                  "subject": "n4", "source": "n1", "target": "n4", "ranges": 5,
+                  "share": 0.25, "state": "running", "keys": 0, "bytes": 0, "chunks": 0,
+                  "retries": 0, "scanned": 0, "scan_total": None, "percent": None,
+                  "error": None, "started_at": 10.0, "at": 10.0}
+        report.update(data)
+        for observer in list(self.observers):
+            observer(phase, report)
+
+
+class RebalancingRuntime:
+    """Just what a L{ClusterWatch} needs from a runtime whose rebalancer streams."""
+
+    node_id = "n4"
+    running = True
+
+    def __init__(self) -> None:
+        self.rebalancer = FakeRebalancer()
+        self.stats_extras: dict[str, Any] = {}
+        self.membership_service = self
+
+    def subscribe(self, subscriber: Any) -> Any:
+        return lambda: None
+
+    @property
+    def membership(self) -> Any:
+        return self
+
+    def members(self) -> list[Member]:
+        return []
+
+
+def test_stream_delivers_rebalance_events_in_order_and_the_bars_follow() -> None:
+    """A stream's start, progress and done reach a subscriber in order with their figures;
+    the progress is not kept for replay, and the rebalance fragment shows the final bar."""
+    live = Live()
+    runtime = RebalancingRuntime()
+    live.app.watch = ClusterWatch(live.bus, runtime, live.node.clock).start()
+    _, chunks = live.open_stream()
+    t = live.node.clock.seconds()
+    runtime.rebalancer.report("start", started_at=t, at=t)
+    runtime.rebalancer.report("progress", keys=40, bytes=4640, chunks=1, scanned=150,
+                              scan_total=300, percent=50.0, started_at=t, at=t + 1)
+    runtime.rebalancer.report("done", state="done", keys=71, bytes=8236, chunks=2,
+                              scanned=300, scan_total=300, percent=100.0, started_at=t, at=t + 2)
+    live.client.flush()
+    got = messages(chunks)
+    assert [(m["id"], m["event"]) for m in got] == [
+        ("e1-1", "rebalance_start"), ("e1-2", "rebalance_progress"), ("e1-3", "rebalance_done")]
+    data = [json.loads(m["data"]) for m in got]
+    assert [(d["data"]["keys"], d["data"]["percent"], d["at"]) for d in data] == [
+        (0, None, t), (40, 50.0, t + 1), (71, 100.0, t + 2)]
+    assert data[2]["text"] == "join of n4: n1 → n4 done: 71 keys, 8.0 KiB moved"
+    assert [e.kind for e in live.bus.recent()] == ["rebalance_start", "rebalance_done"]
+    status, doc = live.call("GET", "/fragments?parts=rebalance")
+    assert status == 200 and 'data-state="done"' in doc["parts"]["rebalance"]
 
 
 def test_reconnect_with_last_event_id_replays_what_was_missed() -> None:
@@ -346,6 +416,86 @@ def test_pause_of_unknown_node_is_404() -> None:
     live, runtime = demo_live()
     status, doc = post(live, "pause", {"seconds": 5, "node": "n9"}, **TOKEN)
     assert (status, doc["error"]["code"]) == (404, "unknown_node")
+
+
+class LeavingRuntime:
+    """A cluster runtime whose leave() is counted; it fires when the test says so."""
+
+    node_id = "n1"
+
+    def __init__(self, refuse: str | None = None) -> None:
+        self.leaves: list[Deferred[None]] = []
+        self.refuse = refuse
+        self.membership = FakeMembership()
+
+    def leave(self) -> Deferred[None]:
+        if self.refuse is not None:
+            raise RebalanceError(self.refuse)
+        done: Deferred[None] = Deferred()
+        self.leaves.append(done)
+        return done
+
+
+def leave_live(token: str | None = "s3cret", refuse: str | None = None
+               ) -> tuple[Live, LeavingRuntime, list[str]]:
+    live = Live(admin_token=token)
+    runtime = LeavingRuntime(refuse)
+    shutdowns: list[str] = []
+    context = live.node.context
+    assert context is not None
+    context.cluster = runtime  # type: ignore[attr-defined]
+    context.shutdown = lambda: shutdowns.append("stop")  # type: ignore[attr-defined]
+    return live, runtime, shutdowns
+
+
+def test_leave_with_the_token_starts_one_leave_then_shuts_down_once_left() -> None:
+    """The right token starts exactly one leave (202 at once); the node shuts down only
+    once its ranges are handed over."""
+    live, runtime, shutdowns = leave_live()
+    status, doc = post(live, "leave", {}, **TOKEN)
+    assert (status, doc) == (202, {"node": "n1", "leaving": True})
+    assert len(runtime.leaves) == 1 and shutdowns == []
+    runtime.leaves[0].callback(None)
+    assert shutdowns == ["stop"]
+
+
+def test_leave_is_off_without_a_token() -> None:
+    """No --admin-token: 403, and no leave starts."""
+    live, runtime, _ = leave_live(token=None)
+    status, doc = post(live, "leave", {}, **TOKEN)
+    assert (status, doc["error"]["code"]) == (403, "demo_disabled")
+    assert runtime.leaves == []
+
+
+@pytest.mark.parametrize("headers", [
+    {"origin": "http://evil.example"},
+    {"sec_fetch_site": "cross-site"},
+])
+def test_cross_origin_leave_is_refused_even_with_the_token(headers: dict[str, str]) -> None:
+    """Another origin's page cannot make a node leave (CSRF), token or not."""
+    live, runtime, _ = leave_live()
+    status, doc = post(live, "leave", {}, **TOKEN, **headers)
+    assert (status, doc["error"]["code"]) == (403, "cross_origin")
+    assert runtime.leaves == []
+
+
+def test_leave_with_a_wrong_token_or_by_get_does_nothing() -> None:
+    """A wrong token is 401; a GET (a link) is 405."""
+    live, runtime, _ = leave_live()
+    assert post(live, "leave", {}, x_twistkv_admin_token="wrong")[0] == 401
+    assert live.call("GET", "/api/demo/leave")[0] == 405
+    assert runtime.leaves == []
+
+
+def test_a_leave_that_cannot_start_is_409_and_an_unknown_node_404() -> None:
+    """The rebalancer's refusal is reported as is; a node that is not a member is 404."""
+    live, runtime, shutdowns = leave_live(refuse="the last node of the ring cannot leave")
+    status, doc = post(live, "leave", {}, **TOKEN)
+    assert (status, doc["error"]) == (409, {"code": "leave_refused",
+                                            "message": "the last node of the ring cannot leave"})
+    status, doc = post(live, "leave", {"node": "n9"}, **TOKEN)
+    assert (status, doc["error"]["code"]) == (404, "unknown_node")
+    assert shutdowns == []
 
 
 # -- /kv with ?consistency= -------------------------------------------------------------------

@@ -13,13 +13,20 @@ Three pieces, all on the injected reactor:
    healing events out of the buffer.
 
  - L{ClusterWatch} (started by L{watch_cluster}): turns the cluster runtime's
-   membership events into C{member} events, and once a second reads the
+   membership events into C{member} events and its rebalancer's stream reports
+   into C{rebalance_*} events, and once a second reads the
    counters of this node and, while someone watches, of every reachable peer
    (the peer protocol's C{STATS}), publishing what changed: hints queued and
    delivered, read repairs, quorum failures, and one C{traffic} sample (ops/s
    by command, p50/p99 latency over the last second, per node and for the
-   cluster). It keeps the last minutes of samples and each node's latest
-   counters for the dashboard's first paint.
+   cluster). It keeps the last minutes of samples, each node's latest
+   counters and the latest report of each recent range stream for the
+   dashboard's first paint. Streams are driven by the node that joins, leaves
+   or removes, so each node also hands its own streams' latest reports to its
+   peers in its C{STATS} answer (member C{rebalance}), and a watch relays a
+   peer's streams as events: the dashboard of any node shows every movement.
+   A driver that turns LEFT (a leaver answers for a moment after that) or DEAD
+   is asked once more; what it never reported finished is then reported failed.
 
  - L{MembershipPause}: the dashboard's demo control. It halts this node's
    SWIM membership for some seconds (peers stop hearing from it, suspect it,
@@ -38,6 +45,24 @@ Event kinds and their C{data} (all JSON-ready; node ids are strings):
     resume          node
     traffic         t, nodes {id: {ops, p50_ms, p99_ms, commands {name: ops}, source}},
                     cluster {ops, p50_ms, p99_ms}   (not retained)
+    rebalance_start     one range stream of a movement started (see below)
+    rebalance_progress  it moved more, or started or stopped retrying; at most one
+                        a second per stream                  (not retained)
+    rebalance_done      it finished: every range arrived
+    rebalance_failed    it stopped: its movement retracted (it starts again later
+                        with new streams), the node stopped, or its source was
+                        lost (its ranges are re-planned onto new streams); or,
+                        relayed, its driver left or died before reporting its end
+
+A range stream copies every token range one source gives one target for one
+movement. The four C{rebalance_*} kinds carry the same data
+(L{twistkv.node.rebalance.stream_report}): stream (id), node (the driver),
+movement (C{join:n4}), move (join/leave/remove), subject (the node moving),
+source, target, ranges (how many token ranges), share (of the ring, 0..1),
+state (running/retrying/done/failed), keys, bytes, chunks, retries, scanned
+and scan_total (records the source examined / holds: the known total; None
+until its first answer), percent (None until known; 100 when done), error,
+started_at and at (reactor time).
 
 test-case-name: tests.node.test_events
 """
@@ -62,6 +87,7 @@ from twistkv.node.metrics import LATENCY_BUCKETS, NodeStats
 __all__ = [
     "DEFAULT_CAPACITY",
     "DEFAULT_HISTORY",
+    "MAX_STREAMS",
     "Event",
     "EventBus",
     "ClusterWatch",
@@ -84,6 +110,9 @@ DEFAULT_HISTORY = 300
 _STALE_INTERVALS = 3.0
 #: Peers are polled while someone watched within this many seconds.
 _DEMAND_WINDOW = 30.0
+#: Range streams whose latest report a watch keeps (finished ones are forgotten first).
+MAX_STREAMS = 24
+_FINAL_STATES = ("done", "failed")
 
 _Subscriber = Callable[["Event"], None]
 
@@ -288,6 +317,9 @@ class ClusterWatch:
         self._loop = LoopingCall(self.tick)
         self._loop.clock = clock
         self._unsubscribe: Callable[[], None] | None = None
+        self._unobserve: Callable[[], None] | None = None
+        #: Latest report of each recent range stream, by stream id, oldest first.
+        self.streams: dict[str, dict[str, Any]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -295,10 +327,15 @@ class ClusterWatch:
         if self._loop.running:
             return self
         self._unsubscribe = self.runtime.membership_service.subscribe(self._member_changed)
+        rebalancer = getattr(self.runtime, "rebalancer", None)
+        if rebalancer is not None and hasattr(rebalancer, "observe"):
+            self._unobserve = rebalancer.observe(self._stream_reported)
         extras = getattr(self.runtime, "stats_extras", None)
-        if isinstance(extras, dict) and self._stats is not None:
-            stats = self._stats
-            extras["traffic"] = lambda: traffic_member(stats)
+        if isinstance(extras, dict):
+            if self._stats is not None:
+                stats = self._stats
+                extras["traffic"] = lambda: traffic_member(stats)
+            extras["rebalance"] = self.own_streams
         self._loop.start(self.interval, now=False).addErrback(
             lambda f: _log.failure("cluster watch failed", f))
         return self
@@ -307,6 +344,9 @@ class ClusterWatch:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self._unobserve is not None:
+            self._unobserve()
+            self._unobserve = None
         if self._loop.running:
             self._loop.stop()
 
@@ -346,6 +386,93 @@ class ClusterWatch:
             "new": _state_name(event.new_state),
             "incarnation": event.incarnation,
         }, at=event.at)
+        if event.new_state in (MemberState.LEFT, MemberState.DEAD):
+            self._last_word(event.node_id, event.new_state.value)
+
+    def _last_word(self, node_id: str, state: str) -> None:
+        """A peer that drives streams left or died: ask it once more (a leaver answers for a
+        moment after announcing it left, with its streams' final reports), then close what
+        it never reported finished."""
+        if node_id == self.runtime.node_id or not self._unfinished(node_id):
+            return
+        member = next((m for m in self.runtime.membership.members() if m.node_id == node_id),
+                      None)
+        if member is not None and node_id not in self._in_flight:
+            self._ask(node_id, member.address)
+
+        def close() -> None:
+            now = self._clock.seconds()
+            for stream_id in self._unfinished(node_id):
+                report = dict(self.streams[stream_id], state="failed", at=now,
+                              error=f"{node_id} is {state}: the end of this stream was "
+                                    "not reported")
+                self._keep_stream(report)
+                self.bus.publish("rebalance_failed", report, at=now)
+
+        self._clock.callLater(self._peer_timeout + self.interval, close)
+
+    def _unfinished(self, node_id: str) -> list[str]:
+        return [k for k, r in self.streams.items()
+                if r.get("node") == node_id and r.get("state") not in _FINAL_STATES]
+
+    # -- range streams ---------------------------------------------------------------------
+
+    def _stream_reported(self, phase: str, report: dict[str, Any]) -> None:
+        """A report of this node's rebalancer: keep it, publish it."""
+        self._keep_stream(report)
+        self.bus.publish(f"rebalance_{phase}", report, retain=phase != "progress",
+                         at=report.get("at"))
+
+    def own_streams(self) -> list[dict[str, Any]]:
+        """The latest reports of the streams this node drives (its C{STATS} member)."""
+        me = self.runtime.node_id
+        return [report for report in self.streams.values() if report.get("node") == me]
+
+    def _keep_stream(self, report: dict[str, Any]) -> None:
+        streams = self.streams
+        streams.pop(report["stream"], None)
+        streams[report["stream"]] = report
+        while len(streams) > MAX_STREAMS:
+            final = [k for k, r in streams.items() if r.get("state") in _FINAL_STATES]
+            del streams[final[0] if final else next(iter(streams))]
+
+    def _relay_streams(self, node_id: str, reports: Any, now: float, following: bool) -> None:
+        """Publish what changed in the streams peer C{node_id} drives, as it reported them.
+
+        A stream first seen finished (it was shorter than a poll interval) gets its final
+        event only if the watch was C{following} the peer (it read it an interval ago):
+        otherwise it ended before anyone watched, and is kept without an event. One that
+        vanished unfinished from its driver's list (the driver restarted) is reported failed.
+        """
+        if not isinstance(reports, list):
+            return
+        listed = set()
+        for report in reports:
+            if not (isinstance(report, dict) and isinstance(report.get("stream"), str)
+                    and report.get("node") == node_id):
+                continue
+            report = dict(report)
+            stream_id = report["stream"]
+            listed.add(stream_id)
+            state = report.get("state")
+            known = self.streams.get(stream_id)
+            if known is not None and (known.get("state") in _FINAL_STATES or known == report):
+                continue
+            self._keep_stream(report)
+            if state in _FINAL_STATES:
+                if known is not None or following:
+                    self.bus.publish(f"rebalance_{state}", report, at=now)
+            elif known is None:
+                self.bus.publish("rebalance_start", report, at=now)
+            else:
+                self.bus.publish("rebalance_progress", report, retain=False, at=now)
+        for stream_id, known in list(self.streams.items()):
+            if (known.get("node") == node_id and stream_id not in listed
+                    and known.get("state") not in _FINAL_STATES):
+                report = dict(known, state="failed", at=now,
+                              error=f"{node_id} no longer reports this stream")
+                self._keep_stream(report)
+                self.bus.publish("rebalance_failed", report, at=now)
 
     # -- polling ---------------------------------------------------------------------------
 
@@ -396,6 +523,10 @@ class ClusterWatch:
         commands = _parse_commands(document.get("traffic"))
         previous = self._readings.get(node_id)
         reading = NodeReading(node_id, now, counters, commands)
+        if node_id != self.runtime.node_id and "rebalance" in document:
+            following = previous is not None and (
+                now - previous.at <= self.interval * _STALE_INTERVALS)
+            self._relay_streams(node_id, document["rebalance"], now, following)
         if previous is not None and now > previous.at:
             self._publish_deltas(node_id, previous.counters, counters, now)
             _rates(reading, previous, now - previous.at)

@@ -25,6 +25,13 @@ ring statuses, which ranges move and from which source); this module runs them:
 Any failure of a chunk is retried from the same cursor with backoff. A stream whose source is
 declared dead is re-planned onto the surviving replicas of its ranges.
 
+Progress is reported to observers (L{Rebalancer.observe}; the node's
+L{twistkv.node.events.ClusterWatch} turns the reports into C{rebalance_*} events for the
+dashboard): per stream, C{start} once it runs, C{progress} after its first chunk (which tells
+the total), then after a chunk at most every C{progress_interval} seconds (and at once when it
+starts or stops retrying), then C{done}, or C{failed} when its movement retracts or stops or
+its source is lost (its ranges re-planned). L{stream_report} is the data of every report.
+
 test-case-name: tests.node.test_rebalance
 """
 
@@ -89,6 +96,7 @@ __all__ = [
     "StreamProgress",
     "decode_entries",
     "encode_entries",
+    "stream_report",
 ]
 
 _log = Logger()
@@ -112,6 +120,11 @@ LEAVE_LINGER = 2.0
 
 class RebalanceError(Exception):
     """A JOIN, LEAVE or REMOVE that cannot start; the message is for the client."""
+
+
+def _already_logged(failure: Failure) -> None:
+    """Consume the failure of a movement nobody waits for (a join started by this node
+    itself): L{Rebalancer._run} has logged it, and the status shows it."""
 
 
 class _Aborted(Exception):
@@ -263,6 +276,13 @@ class StreamProgress:
     error: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    #: Names the stream in progress reports and events (unique per node and operation).
+    id: str = ""
+    #: The movement this stream serves (for reports), and when its last report went out
+    #: (None: not reported yet; C{reported} once a final report went out).
+    movement: Movement | None = field(default=None, repr=False)
+    reported_at: float | None = field(default=None, repr=False)
+    reported: bool = field(default=False, repr=False)
 
     @property
     def token_ranges(self) -> list[TokenRange]:
@@ -279,7 +299,7 @@ class StreamProgress:
 
     def as_dict(self, detail: bool = True) -> dict[str, Any]:
         result: dict[str, Any] = {
-            "source": self.source, "target": self.target, "state": self.state,
+            "id": self.id, "source": self.source, "target": self.target, "state": self.state,
             "keys": self.keys, "bytes": self.size, "chunks": self.chunks,
             "retries": self.retries, "progress": round(self.progress, 4),
             "ranges": len(self.ranges), "error": self.error,
@@ -325,6 +345,52 @@ class Operation:
         }
 
 
+def _ring_share(ranges: list[TokenRange]) -> float:
+    """The share of the token space C{ranges} cover (0..1)."""
+    covered = 0
+    for start, end in ranges:
+        covered += TOKEN_SPACE if start == end else (end - start) % TOKEN_SPACE
+    return min(1.0, covered / TOKEN_SPACE)
+
+
+def stream_report(sp: StreamProgress, state: str, now: float) -> dict[str, Any]:
+    """One progress report of a stream, JSON-ready (the C{data} of C{rebalance_*} events).
+
+    C{state} is C{running}, C{retrying}, C{done} or C{failed}. C{scanned} and C{scan_total}
+    are the records the source examined and holds: the stream ends once the source scanned
+    everything, so C{percent} (None until the source first answered) is
+    C{scanned / scan_total}, and 100 once done. Keys moved are not known in advance.
+    """
+    movement = sp.movement
+    percent: float | None = None
+    if state == "done":
+        percent = 100.0
+    elif sp.source_records:
+        percent = round(sp.progress * 100, 1)
+    return {
+        "stream": sp.id,
+        "node": movement.driver if movement is not None else "",
+        "movement": movement.label if movement is not None else "",
+        "move": movement.kind if movement is not None else "",
+        "subject": movement.node if movement is not None else "",
+        "source": sp.source,
+        "target": sp.target,
+        "ranges": len(sp.ranges),
+        "share": round(_ring_share(sp.token_ranges), 4),
+        "state": state,
+        "keys": sp.keys,
+        "bytes": sp.size,
+        "chunks": sp.chunks,
+        "retries": sp.retries,
+        "scanned": sp.scanned,
+        "scan_total": sp.source_records or None,
+        "percent": percent,
+        "error": sp.error,
+        "started_at": sp.started_at,
+        "at": now,
+    }
+
+
 def _overall(streams: list[StreamProgress]) -> float:
     live = [s for s in streams if s.state != "rerouted"]
     return sum(s.progress for s in live) / len(live) if live else 1.0
@@ -359,6 +425,7 @@ class Rebalancer:
         request_timeout: float = 5.0,
         status: RingStatus = RingStatus.NORMAL,
         rng: random.Random | None = None,
+        progress_interval: float = 1.0,
     ) -> None:
         if chunk_keys < 1 or chunk_bytes < 1 or scan_limit < 1 or max_streams < 1:
             raise ValueError("chunk_keys, chunk_bytes, scan_limit, max_streams must be >= 1")
@@ -394,6 +461,10 @@ class Rebalancer:
         self._join_waiters: list[Deferred[None]] = []
         self._cleanup_due: float | None = None
         self._cleanup_running = False
+        #: Least seconds between two C{progress} reports of one stream.
+        self.progress_interval = progress_interval
+        self._observers: list[Callable[[str, dict[str, Any]], None]] = []
+        self._streams_made = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -421,6 +492,41 @@ class Rebalancer:
     def ring_changed(self) -> None:
         """The runtime's ring changed: clean up once it has been stable for C{drop_delay}."""
         self._cleanup_due = self._reactor.seconds() + self.drop_delay
+
+    # -- progress reports --------------------------------------------------------------------
+
+    def observe(self, observer: Callable[[str, dict[str, Any]], None]) -> Callable[[], None]:
+        """Call C{observer(phase, report)} for every stream report (see the module docstring;
+        C{phase} is C{start}, C{progress}, C{done} or C{failed}, C{report} a
+        L{stream_report}). Returns an idempotent unsubscribe."""
+        self._observers.append(observer)
+
+        def unsubscribe() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return unsubscribe
+
+    def _report(self, sp: StreamProgress, phase: str, *, force: bool = False) -> None:
+        """Tell the observers about C{sp}; C{progress} at most every C{progress_interval}."""
+        if sp.reported:
+            return
+        now = self._reactor.seconds()
+        if phase == "progress" and not force and sp.reported_at is not None and (
+                now - sp.reported_at < self.progress_interval):
+            return
+        if phase in ("done", "failed"):
+            sp.reported = True
+        sp.reported_at = now
+        state = {"start": sp.state, "progress": sp.state}.get(phase, phase)
+        if not self._observers:
+            return
+        report = stream_report(sp, state, now)
+        for observer in list(self._observers):
+            try:
+                observer(phase, report)
+            except Exception:
+                _log.failure("rebalance observer {observer!r} failed", observer=observer)
 
     # -- commands --------------------------------------------------------------------------
 
@@ -579,9 +685,10 @@ class Rebalancer:
             if old:
                 fill = Operation(Movement(self.node_id, "join", self.node_id), fill=True,
                                  ring=frozenset(old))
-                self._begin(fill)
+                self._begin(fill).addErrback(_already_logged)
             return
-        self._begin(Operation(Movement(self.node_id, "join", self.node_id)))
+        self._begin(Operation(Movement(self.node_id, "join", self.node_id))).addErrback(
+            _already_logged)
 
     def _notify_joined(self) -> None:
         waiters, self._join_waiters = self._join_waiters, []
@@ -799,6 +906,8 @@ class Rebalancer:
             streams, stuck = plan_streams(todo, runtime.is_alive, excluded)
             operation.stuck = len(stuck)
             progress = [self._progress(stream) for stream in streams]
+            for sp in progress:
+                sp.movement = operation.movement
             operation.streams.extend(progress)
             semaphore = DeferredSemaphore(self.max_streams)
             results = yield gatherResults(
@@ -821,11 +930,31 @@ class Rebalancer:
                 excluded = set(exclude)  # a source may be back
 
     def _progress(self, stream: Stream) -> StreamProgress:
+        self._streams_made += 1
+        stream_id = f"{self.node_id}-{int(self._reactor.seconds() * 1000):x}-{self._streams_made}"
         return StreamProgress(stream.source, stream.target,
-                              [RangeProgress(r) for r in stream.ranges])
+                              [RangeProgress(r) for r in stream.ranges], id=stream_id)
+
+    def _run_stream(self, sp: StreamProgress, check: Callable[[], None]) -> Deferred[bool]:
+        """L{_copy_stream}, reporting the stream C{failed} if it raises or lost its source."""
+
+        def lost(done: bool) -> bool:
+            if not done:
+                sp.error = f"source {sp.source} lost; its ranges are re-planned"
+                self._report(sp, "failed")
+            return done
+
+        def failed(failure: Failure) -> Failure:
+            if sp.reported_at is not None:
+                sp.error = failure.getErrorMessage()
+                self._report(sp, "failed")
+            return failure
+
+        copying: Deferred[bool] = self._copy_stream(sp, check)
+        return copying.addCallbacks(lost, failed)
 
     @inlineCallbacks
-    def _run_stream(
+    def _copy_stream(
         self, sp: StreamProgress, check: Callable[[], None]
     ) -> Generator[Deferred[Any], Any, bool]:
         """Copy one stream, chunk by chunk; True when done, False when its source was lost
@@ -841,6 +970,8 @@ class Rebalancer:
         delay = self.retry
         while True:
             check()
+            if sp.reported_at is None:
+                self._report(sp, "start")
             try:
                 entries, upto, scanned, records = yield self._fetch(sp, blob, rangeset)
                 size = sum(len(k) + len(r) for k, r in entries)
@@ -852,7 +983,9 @@ class Rebalancer:
                 sp.retries += 1
                 self.stats.chunk_retries += 1
                 sp.error = str(error)
+                was_retrying = sp.state == "retrying"
                 sp.state = "retrying"
+                self._report(sp, "progress", force=not was_retrying)
                 _log.info("Stream {source} -> {target} chunk failed, retrying in {delay}s: "
                           "{error}", source=sp.source, target=sp.target, delay=delay,
                           error=str(error))
@@ -865,6 +998,7 @@ class Rebalancer:
                 delay = min(delay * 2, self.max_retry)
                 continue
             delay = self.retry
+            resumed = sp.state == "retrying"
             sp.state = "running"
             sp.error = None
             sp.chunks += 1
@@ -886,7 +1020,10 @@ class Rebalancer:
                 sp.state = "done"
                 sp.finished_at = self._reactor.seconds()
                 self.stats.streams_completed += 1
+                self._report(sp, "done")
                 return True
+            # The first chunk tells the total (the source's records): report it at once.
+            self._report(sp, "progress", force=resumed or sp.chunks == 1)
 
     def _fetch(
         self, sp: StreamProgress, blob: bytes, rangeset: RangeSet

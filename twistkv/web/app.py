@@ -16,7 +16,7 @@ Routes (documented with examples in C{docs/http-api.md})::
     GET /fragments       ?parts=a,b: those parts rendered as HTML, in a JSON object
     GET /api/events      Server-Sent Events (failures, healing, traffic); Last-Event-ID
     GET /api/where/<key> preference list and what each replica holds (?consistency=)
-    POST /api/demo/pause|resume  demo controls; need --admin-token (docs/dashboard.md)
+    POST /api/demo/pause|resume|leave  demo controls; need --admin-token (docs/dashboard.md)
 
 The /kv routes take C{?consistency=one|quorum|all} (default: the node's R and W);
 in cluster mode they go through the quorum coordinator. The dashboard is
@@ -75,6 +75,7 @@ from twistkv.node.events import (
     watch_cluster,
 )
 from twistkv.node.keyspace import LocalKeyspace
+from twistkv.node.rebalance import RebalanceError
 from twistkv.storage.errors import StorageError
 from twistkv.web.bounded import BoundedRequest, bounded_request_factory
 from twistkv.web.dashboard import (
@@ -962,6 +963,37 @@ class NodeWebApp:
             pause.resume()
         return _json_body(request, 200, {"node": target, "paused": False,
                                          "resumed": was_paused})
+
+    @_route(app, "/api/demo/leave", "POST")
+    async def demo_leave(self, request: Request) -> bytes:
+        """Ask a node (JSON body C{{"node"}}, default this one) to leave the cluster.
+
+        Like the LEAVE command: the node streams its ranges to their new owners (progress
+        on the event stream), leaves the ring and shuts down. Answers 202 once the leave
+        has started; 409 if it cannot start (not a normal ring member, the last one, or
+        another movement under way).
+        """
+        self._check_admin(request)
+        document, target = self._demo_target(request)
+        if target != self._node.config.node_id:
+            return await self._forward(request, target, b"/api/demo/leave", document)
+        cluster = self._cluster()
+        if cluster is None:
+            raise ApiError(409, "no_cluster", "this node runs no cluster to leave")
+        try:
+            leaving = cluster.leave()
+        except RebalanceError as exc:
+            raise ApiError(409, "leave_refused", str(exc)) from None
+        context = self._node.context
+        shutdown = getattr(context, "shutdown", None)
+
+        def left(_: object) -> None:
+            if shutdown is not None:
+                shutdown()
+
+        leaving.addCallbacks(left, lambda f: _log.failure("Demo: leave failed", f))
+        _log.warn("Demo: {node} asked to leave the cluster", node=target)
+        return _json_body(request, 202, {"node": target, "leaving": True})
 
     @_route(app, "/static/<path:name>", "GET")
     def static(self, request: Request, name: str) -> bytes:

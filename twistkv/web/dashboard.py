@@ -33,6 +33,7 @@ __all__ = [
     "NodeFigures",
     "PARTS",
     "PALETTE_SIZE",
+    "bytes_text",
     "chart",
     "dashboard_view",
     "describe_event",
@@ -40,6 +41,7 @@ __all__ = [
     "health_verdict",
     "members_view",
     "overview_view",
+    "rebalance_view",
     "ring_arcs",
     "ring_view",
     "seconds_text",
@@ -77,6 +79,8 @@ class DashboardSnapshot:
     @ivar events: retained events, oldest first.
     @ivar traffic: traffic samples, oldest first (each a C{traffic} event's data).
     @ivar admin: whether the demo controls are enabled (an admin token is set).
+    @ivar streams: the latest report of each recent range stream, oldest first (each the
+        data of a C{rebalance_*} event).
     """
 
     node: NodeSnapshot
@@ -89,6 +93,7 @@ class DashboardSnapshot:
     paused_until: float | None = None
     stream_epoch: str | None = None
     last_event_id: int = 0
+    streams: tuple[Mapping[str, Any], ...] = ()
 
 
 # -- small words -------------------------------------------------------------------------------
@@ -101,6 +106,15 @@ def seconds_text(seconds: float) -> str:
 
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def bytes_text(size: float) -> str:
+    """C{"812 B"}, C{"14.2 KiB"}, C{"3.0 MiB"}: sizes for people."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
 
 
 def _clock_text(at: float) -> tuple[str, str]:
@@ -349,7 +363,33 @@ def describe_event(kind: str, data: Mapping[str, Any]) -> tuple[str, str]:
         return f"{node} paused its membership for {seconds_text(float(data.get('seconds', 0)))} (demo)", "warn"
     if kind == "resume":
         return f"{node} resumed its membership (demo)", "info"
+    if kind.startswith("rebalance_"):
+        return _describe_stream(kind[len("rebalance_"):], data)
     return f"{kind} {dict(data)}", "info"
+
+
+def _movement_text(data: Mapping[str, Any]) -> str:
+    move, subject = data.get("move"), data.get("subject")
+    return f"{move} of {subject}" if move and subject else str(data.get("movement", "?"))
+
+
+def _describe_stream(phase: str, data: Mapping[str, Any]) -> tuple[str, str]:
+    route = f"{data.get('source', '?')} → {data.get('target', '?')}"
+    what = f"{_movement_text(data)}: {route}"
+    moved = f"{_plural(int(data.get('keys') or 0), 'key')}, {bytes_text(data.get('bytes') or 0)}"
+    if phase == "start":
+        return (f"{what} started streaming {_plural(int(data.get('ranges') or 0), 'range')} "
+                f"({_share_text(data.get('share'))} of the ring)"), "info"
+    if phase == "done":
+        return f"{what} done: {moved} moved", "ok"
+    if phase == "failed":
+        return f"{what} stopped after {moved}: {data.get('error') or 'failed'}", "warn"
+    percent = data.get("percent")
+    return f"{what}: {moved}" + (f" ({percent}%)" if percent is not None else ""), "info"
+
+
+def _share_text(share: Any) -> str:
+    return f"{float(share) * 100:.1f}%" if isinstance(share, int | float) else "?"
 
 
 def event_view(event: Event) -> dict[str, Any]:
@@ -456,6 +496,76 @@ def traffic_view(snapshot: DashboardSnapshot) -> dict[str, Any]:
     }
 
 
+# -- rebalancing -------------------------------------------------------------------------------
+
+#: Most progress bars shown (running streams first, then the newest finished ones).
+STREAMS_SHOWN = 12
+#: Finished streams stay shown this long (and only those of the latest movement).
+FINISHED_SHOWN_S = 600.0
+_STREAM_STATES = {"running": ("streaming", "info"), "retrying": ("retrying", "warn"),
+                  "done": ("done", "ok"), "failed": ("failed", "bad")}
+
+
+def rebalance_view(snapshot: DashboardSnapshot) -> dict[str, Any]:
+    """One progress bar per recent range stream: route, movement, keys and bytes moved,
+    percentage when the total is known, state. Running streams first, then the finished
+    streams of the latest movement (for L{FINISHED_SHOWN_S}); older movements' are gone."""
+    def started(report: Mapping[str, Any]) -> float:
+        value = report.get("started_at")
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    def finished(report: Mapping[str, Any]) -> bool:
+        return report.get("state") in ("done", "failed")
+
+    def movement(report: Mapping[str, Any]) -> tuple[Any, Any]:
+        return report.get("node"), report.get("movement")
+
+    latest = movement(max(snapshot.streams, key=started)) if snapshot.streams else None
+
+    def shown(report: Mapping[str, Any]) -> bool:
+        if not finished(report):
+            return True
+        at = report.get("at")
+        recent = not isinstance(at, int | float) or snapshot.now_s - at <= FINISHED_SHOWN_S
+        return recent and movement(report) == latest
+
+    reports = sorted((r for r in snapshot.streams if shown(r)),
+                     key=lambda r: (finished(r), -started(r)))[:STREAMS_SHOWN]
+    bars = []
+    for report in reports:
+        state = str(report.get("state", "running"))
+        state_text, level = _STREAM_STATES.get(state, (state, "info"))
+        percent = report.get("percent")
+        percent = float(percent) if isinstance(percent, int | float) else None
+        size = report.get("bytes") or 0
+        at, started = report.get("at"), report.get("started_at")
+        elapsed = (float(at) - float(started) if isinstance(at, int | float)
+                   and isinstance(started, int | float) else None)
+        bars.append({
+            "id": str(report.get("stream", "")),
+            "source": str(report.get("source", "?")),
+            "target": str(report.get("target", "?")),
+            "driver": str(report.get("node", "?")),
+            "movement": _movement_text(report),
+            "ranges": int(report.get("ranges") or 0),
+            "ranges_text": (f"{_plural(int(report.get('ranges') or 0), 'range')}, "
+                            f"{_share_text(report.get('share'))} of the ring"),
+            "state": state,
+            "state_text": state_text,
+            "level": level,
+            "keys": int(report.get("keys") or 0),
+            "bytes": int(size),
+            "bytes_text": bytes_text(size),
+            "percent": percent,
+            "width": round(min(100.0, percent if percent is not None else
+                               (100.0 if state == "done" else 0.0)), 1),
+            "elapsed_text": None if elapsed is None else seconds_text(max(0.0, elapsed)),
+            "error": report.get("error") if state in ("failed", "retrying") else None,
+        })
+    active = sum(1 for bar in bars if bar["state"] in ("running", "retrying"))
+    return {"bars": bars, "active": active}
+
+
 # -- the whole page ------------------------------------------------------------------------------
 
 
@@ -484,6 +594,7 @@ PARTS: Mapping[str, Callable[[DashboardSnapshot], Any]] = {
     "timeline": timeline_view,
     "traffic": traffic_view,
     "demo": demo_view,
+    "rebalance": rebalance_view,
 }
 
 
@@ -532,4 +643,5 @@ def snapshot_dashboard(node: WebNode, host: str = "localhost", *, bus: EventBus 
         paused_until=paused_until,
         stream_epoch=bus.epoch if bus is not None else None,
         last_event_id=bus.last_id if bus is not None else 0,
+        streams=tuple(dict(r) for r in getattr(watch, "streams", {}).values()),
     )

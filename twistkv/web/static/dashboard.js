@@ -9,7 +9,7 @@
 
   var body = document.body;
   var liveBadge = document.getElementById("live");
-  var ALL_PARTS = ["overview", "members", "ring", "timeline", "traffic", "demo"];
+  var ALL_PARTS = ["overview", "members", "ring", "timeline", "traffic", "demo", "rebalance"];
   //: What each kind of event changes on the page.
   var PARTS_FOR = {
     member: ["overview", "members", "ring", "timeline", "demo"],
@@ -20,6 +20,11 @@
     pause: ["overview", "timeline", "demo"],
     resume: ["overview", "timeline", "demo"],
     traffic: ["overview", "members", "traffic"],
+    // One progress bar per range stream; the bars are the "rebalance" part.
+    rebalance_start: ["rebalance", "timeline"],
+    rebalance_progress: ["rebalance"],
+    rebalance_done: ["rebalance", "timeline", "members", "ring"],
+    rebalance_failed: ["rebalance", "timeline"],
     reset: ALL_PARTS
   };
 
@@ -214,6 +219,8 @@
       try { window.sessionStorage.setItem("twistkv-admin-token", token); } catch (e) { /* storage off */ }
       var payload = { node: document.getElementById("demo-node").value };
       if (action === "pause") { payload.seconds = Number(document.getElementById("demo-seconds").value); }
+      if (action === "leave" && !window.confirm("Ask " + payload.node + " to leave the cluster? " +
+          "It hands its ranges over, leaves the ring and shuts down.")) { return; }
       result.textContent = action + "…";
       fetch("/api/demo/" + action, {
         method: "POST",
@@ -224,12 +231,13 @@
       }).then(function (answer) {
         if (answer[0] >= 400) { showError(result, action, answer[0], answer[1]); return; }
         show(result, action + " " + answer[0], answer[1]);
-        refresh(["demo", "overview"]);
+        refresh(["demo", "overview", "rebalance"]);
       }).catch(function (error) { showError(result, action, "—", { error: { message: String(error) } }); });
     }
 
     form.addEventListener("submit", function (event) { event.preventDefault(); send("pause"); });
     form.querySelector('button[data-action="resume"]').addEventListener("click", function () { send("resume"); });
+    form.querySelector('button[data-action="leave"]').addEventListener("click", function () { send("leave"); });
   }
 
   explorer();
