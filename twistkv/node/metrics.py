@@ -34,6 +34,10 @@ class CommandStat:
     __slots__ = ("calls", "errors", "seconds", "buckets")
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero in place: open connections keep (and go on counting into) this object."""
         self.calls = 0
         self.errors = 0
         self.seconds = 0.0
@@ -102,8 +106,10 @@ class NodeStats:
         return self._ops_per_sec
 
     def reset(self) -> None:
-        """CONFIG RESETSTAT: zero the request counters."""
-        self.commands.clear()
+        """CONFIG RESETSTAT: zero the request counters (in place, so that connections holding
+        a command's stat object keep counting into the one INFO and /metrics read)."""
+        for stat in self.commands.values():
+            stat.reset()
         self.rejected_connections = 0
         self.protocol_errors = 0
         self.keyspace_hits = 0
