@@ -349,6 +349,19 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (0 if it is gone).
+
+    Per-request server CPU is steadier than ops/s on a shared machine: it
+    does not count the time a server waits for a core that others hold.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def run_benchmark(redis_benchmark: str, server: Server, workload: str, n: int,
                   timeout: float, max_rss_mb: float) -> tuple[list[str], dict[str, dict[str, float]]]:
     """Run one redis-benchmark; watch the server so a runaway never takes the machine down."""
@@ -411,7 +424,7 @@ def verdict(pair: str, workload: str, ratio: float | None,
 def print_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Print the comparison table; return the comparison records."""
     header = (f"{'pair':<8} {'workload':<12} {'test':<4} {'server':<8} {'ops/s':>11} "
-              f"{'p50 ms':>7} {'p99 ms':>7} {'ratio':>7}  {'target':<12} {'':4}")
+              f"{'p50 ms':>7} {'p99 ms':>7} {'cpu us':>7} {'ratio':>7}  {'target':<12} {'':4}")
     print(header)
     print("-" * len(header))
     comparisons = []
@@ -440,8 +453,10 @@ def print_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                     "ratio": ratio, "target": target or None,
                                     "verdict": mark or None,
                                     "twistkv_p99_ms": tkv["p99_latency_ms"]})
+            cpu = row.get("server_cpu_us_per_request")
+            cpu_txt = f"{cpu:>7.2f}" if cpu is not None else f"{'-':>7}"
             print(f"{pair:<8} {desc:<12} {test:<4} {row['server']:<8} {row['rps']:>11,.0f} "
-                  f"{row['p50_latency_ms']:>7.3f} {row['p99_latency_ms']:>7.3f} {extra}")
+                  f"{row['p50_latency_ms']:>7.3f} {row['p99_latency_ms']:>7.3f} {cpu_txt} {extra}")
     return comparisons
 
 
@@ -523,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
                             out = Path(args.profile) / f"{pair}-{workload}-{i}.txt"
                             profiler = Profiler(py_spy, server.proc.pid, out)
                         t0 = time.monotonic()
+                        pid = server.proc.pid if server.proc is not None else 0
+                        cpu0 = cpu_seconds(pid)
                         try:
                             # generous: assumes at least 1000 ops/s for SET + GET
                             cmd, rows = run_benchmark(args.redis_benchmark, server, workload, n,
@@ -532,10 +549,12 @@ def main(argv: list[str] | None = None) -> int:
                             if profiler is not None:
                                 profiler.stop()
                         elapsed = time.monotonic() - t0
+                        # redis-benchmark runs SET then GET: n requests each.
+                        cpu_us = (cpu_seconds(pid) - cpu0) / (2 * n) * 1e6
                         if server.proc is not None and server.proc.poll() is not None:
                             raise BenchError(f"{server.label} died during the benchmark:\n"
                                              + server.log_tail())
-                        runs.append((rows, elapsed))
+                        runs.append((rows, elapsed, cpu_us))
                         if profiler is not None:
                             top = summarise_raw_profile(profiler.out)
                             profiles[f"{pair}/{workload}/{i}"] = {
@@ -543,18 +562,20 @@ def main(argv: list[str] | None = None) -> int:
                                 "top_self": [{"function": f, "samples": s, "self_pct": sp,
                                               "total_pct": tp} for f, s, sp, tp in top]}
                     for test in ("SET", "GET"):
-                        got = [(rows[test], el) for rows, el in runs if test in rows]
+                        got = [(rows[test], el, cpu) for rows, el, cpu in runs if test in rows]
                         if not got:
                             continue
                         got.sort(key=lambda x: x[0]["rps"])
-                        row, elapsed = got[len(got) // 2]
+                        row, elapsed, cpu_us = got[len(got) // 2]
                         rec = {"pair": pair, "workload": workload, "test": test,
                                "server": server.kind, "n": n, "command": " ".join(cmd[1:]),
-                               "all_rps": [g[0]["rps"] for g in got], **row}
+                               "all_rps": [g[0]["rps"] for g in got],
+                               "server_cpu_us_per_request": round(cpu_us, 2), **row}
                         results.append(rec)
                     r = {t: runs[-1][0].get(t, {}).get("rps", 0) for t in ("SET", "GET")}
                     print(f"  {pair:<8} {workload:<8} {server.kind:<8} SET {r['SET']:>10,.0f}/s "
-                          f"GET {r['GET']:>10,.0f}/s  ({runs[-1][1]:.1f}s)", flush=True)
+                          f"GET {r['GET']:>10,.0f}/s  ({runs[-1][1]:.1f}s, "
+                          f"{runs[-1][2]:.2f} us CPU/request)", flush=True)
             for server in (redis, tkv):
                 server.stop()
     except KeyboardInterrupt:

@@ -389,3 +389,60 @@ def test_default_pool_syncs_off_the_reactor_thread_and_stop_joins_it() -> None:
 
     assert outcome(committer.stop()) == [None]
     assert not [t for t in threading.enumerate() if "twistkv-fsync" in t.name]
+
+
+# -- staging stores and pipelining -----------------------------------------------
+
+
+class StagingStore(RecordingStore):
+    """A recording store that stages writes, as RocksStore does, and can fail its flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flush_error: StorageError | None = None
+
+    def stage(self, ops: Sequence[WriteOp]) -> None:
+        super().write(ops)
+        self.calls[-1] = self.calls[-1].replace("write", "stage")
+
+    def flush_staged(self) -> None:
+        if self.flush_error is not None:
+            raise self.flush_error
+        self.calls.append("flush")
+
+
+def test_always_hands_a_staging_store_each_group_as_one_flush_before_its_sync() -> None:
+    """Under always, writes are staged and each group is flushed once, on the reactor
+    thread, right before the sync that covers it; the waiters fire after the sync."""
+    h = harness(FsyncPolicy.ALWAYS, StagingStore())
+    waits = [commit(h, key) for key in (b"a", b"b")]
+    h.reactor.advance(0)
+    assert h.store.calls == ["stage a", "stage b", "flush"]
+    assert waits == [[], []]
+    h.pool.run_next()
+    assert h.store.calls == ["stage a", "stage b", "flush", "sync"]
+    assert waits == [[None], [None]]
+
+
+@pytest.mark.parametrize("policy", [FsyncPolicy.EVERYSEC, FsyncPolicy.NEVER])
+def test_policies_that_do_not_wait_write_through(policy: FsyncPolicy) -> None:
+    """Without a sync before each acknowledgement nothing flushes staged ops in time,
+    so other policies write straight through."""
+    h = harness(policy, StagingStore())
+    h.committer.commit([(b"a", b"v")])
+    assert h.store.calls == ["write a"]
+
+
+def test_failed_flush_fails_its_group_and_refuses_later_writes() -> None:
+    """A group whose batch cannot be written is answered with the error, never synced,
+    and the committer refuses writes from then on."""
+    h = harness(FsyncPolicy.ALWAYS, StagingStore())
+    wait = commit(h, b"a")
+    h.store.flush_error = StoreIOError("disk gone", "/data")  # type: ignore[attr-defined]
+    h.reactor.advance(0)
+    assert h.pool.jobs == []
+    assert len(wait) == 1 and isinstance(wait[0], Failure)
+    assert wait[0].check(StoreIOError)
+    assert not h.committer.healthy
+    with pytest.raises(StoreFailedError):
+        h.committer.commit([(b"b", b"v")])

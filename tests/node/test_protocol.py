@@ -262,3 +262,26 @@ def test_direct_send_hands_the_rest_to_twisted_in_order(context: NodeContext) ->
     protocol._send(b"+OK\r\n")
     assert kernel.sent == [b"+PO"]
     assert transport.value() == b"NG\r\n+OK\r\n"
+
+
+def spell(word: bytes, mask: int) -> bytes:
+    """C{word} with the letters whose bit is set in C{mask} switched to the other case."""
+    return bytes(c ^ 32 if (mask >> j) & 1 else c for j, c in enumerate(word))
+
+
+def test_command_names_in_any_letter_case_dispatch_and_count_as_one(
+    context: NodeContext, clock: Clock
+) -> None:
+    """Every letter-case spelling of a name runs the same command, past the bound of the
+    per-connection spelling cache (64 spellings of EXISTS, then GET spellings again), and
+    all calls count under the command's one name."""
+    protocol, transport = connect(context)
+    protocol.dataReceived(b"SET k v\r\n")
+    clock.advance(0)
+    transport.clear()
+    exists = [spell(b"exists", mask) for mask in range(64)]
+    gets = [spell(b"get", mask) for mask in range(8)] * 2
+    protocol.dataReceived(b"".join(b"%s k\r\n" % name for name in exists + gets))
+    assert replies(transport) == [1] * 64 + [b"v"] * 16
+    assert context.stats.commands["EXISTS"].calls == 64
+    assert context.stats.commands["GET"].calls == 16

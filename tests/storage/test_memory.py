@@ -31,3 +31,15 @@ def test_close_drops_the_data() -> None:
     store.close()
     assert store.approximate_key_count() == 0
     assert store.approximate_size_bytes() == 0
+
+
+def test_single_overwrite_keeps_order_and_size_exact() -> None:
+    """A lone overwrite (the hot path that skips the sorted-key update) replaces the
+    value and its bytes, and range scans still list every key once, in order."""
+    store = MemoryStore()
+    store.write([(b"b", b"12345")])
+    store.write([(b"a", b"1")])
+    store.write([(b"b", b"xy")])
+    assert store.get(b"b") == b"xy"
+    assert store.approximate_size_bytes() == (1 + 1) + (1 + 2)
+    assert list(store.iterate()) == [(b"a", b"1"), (b"b", b"xy")]

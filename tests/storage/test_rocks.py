@@ -267,3 +267,95 @@ def test_pinned_live_iterator_keeps_the_lock_after_close(tmp_path: Path) -> None
     next(abandoned)
     store.close()
     RocksStore(tmp_path / "db").close()
+
+
+class _FailingWrites:
+    """Wraps a store's Rdict: counts batch writes, and fails them once told to."""
+
+    def __init__(self, db: Rdict) -> None:
+        self._db = db
+        self.writes = 0
+        self.fail = False
+
+    def write(self, batch: object, options: object) -> None:
+        self.writes += 1
+        if self.fail:
+            raise Exception("IO error: No space left on device")  # noqa: TRY002 - rocksdict's kind
+        self._db.write(batch, options)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+
+def test_staged_writes_are_read_at_once_and_reach_rocksdb_as_one_batch(
+    store: RocksStore, tmp_path: Path
+) -> None:
+    """Staged puts and deletes are what get() answers before any flush; flush_staged()
+    hands all of them to RocksDB in one batch write; a scan sees them too."""
+    store.write([(b"gone", b"x"), (b"kept", b"k")])
+    spy = _FailingWrites(store._db)
+    store._db = spy  # type: ignore[assignment]
+    store.stage([(b"a", b"1"), (b"gone", None)])
+    store.stage([(b"a", b"2"), (b"b", b"3")])
+    assert (store.get(b"a"), store.get(b"b"), store.get(b"gone")) == (b"2", b"3", None)
+    assert spy.writes == 0
+    store.flush_staged()
+    store.flush_staged()  # nothing left: no empty batch
+    assert spy.writes == 1
+    assert list(store.iterate()) == [(b"a", b"2"), (b"b", b"3"), (b"kept", b"k")]
+
+
+def test_scan_and_close_write_staged_ops_first(tmp_path: Path) -> None:
+    """A scan reads RocksDB itself, so it flushes what is staged; close() flushes too, so
+    staged writes survive a clean shutdown."""
+    first = RocksStore(tmp_path / "db")
+    first.stage([(b"a", b"1")])
+    assert list(first.iterate()) == [(b"a", b"1")]
+    first.stage([(b"b", b"2")])
+    first.close()
+    reopened = RocksStore(tmp_path / "db")
+    try:
+        assert list(reopened.iterate()) == [(b"a", b"1"), (b"b", b"2")]
+    finally:
+        reopened.close()
+
+
+def test_failed_flush_loses_the_staged_ops_and_refuses_every_later_sync(store: RocksStore) -> None:
+    """When the batch cannot be written, its ops are no longer read back, and sync(),
+    stage() and flush_staged() all fail from then on: a later sync must never
+    acknowledge writes that never reached the WAL."""
+    spy = _FailingWrites(store._db)
+    store._db = spy  # type: ignore[assignment]
+    store.stage([(b"a", b"1")])
+    spy.fail = True
+    with pytest.raises(StoreFullError):
+        store.flush_staged()
+    assert store.get(b"a") is None
+    spy.fail = False
+    with pytest.raises(StoreFullError):
+        store.sync()
+    with pytest.raises(StoreFullError):
+        store.stage([(b"b", b"2")])
+    with pytest.raises(StoreFullError):
+        store.flush_staged()
+    with pytest.raises(StoreFullError):
+        store.close()  # releases the data dir all the same, and says the data is gone
+
+
+def test_stage_refuses_non_bytes_without_staging_anything(store: RocksStore) -> None:
+    """A bad op in a staged batch leaves the store as it was, like an atomic write."""
+    with pytest.raises(TypeError):
+        store.stage([(b"a", b"1"), ("b", b"2")])  # type: ignore[list-item]
+    assert store.get(b"a") is None
+    store.flush_staged()
+    assert list(store.iterate()) == []
+
+
+def test_a_direct_write_lands_after_the_staged_ops_before_it(store: RocksStore) -> None:
+    """write() flushes what is staged first, so an older staged value never overwrites
+    a newer written one."""
+    store.stage([(b"k", b"old")])
+    store.write([(b"k", b"new")])
+    store.flush_staged()
+    assert store.get(b"k") == b"new"
+    assert list(store.iterate()) == [(b"k", b"new")]

@@ -47,6 +47,15 @@ class MemoryStore:
     def write(self, ops: Sequence[WriteOp]) -> None:
         if self._closed:
             raise _closed_error()
+        if len(ops) == 1:
+            key, value = ops[0]
+            data = self._data
+            if type(key) is bytes and type(value) is bytes and key in data:
+                # Overwriting one key, the usual write: the sorted key list is
+                # unchanged, so skip SortedDict's Python-level __setitem__.
+                self._payload_bytes += len(value) - len(data[key])
+                dict.__setitem__(data, key, value)
+                return
         # Check every op before applying any, so that a bad op leaves the
         # store untouched, as an atomic RocksDB WriteBatch would.
         for key, value in ops:

@@ -4,6 +4,13 @@ Writes go to the write-ahead log without an fsync (C{WriteOptions.sync =
 False}) and durability comes from an explicit L{RocksStore.sync}, so the
 group committer can cover every write of a reactor turn with one fsync.
 
+Under C{--fsync always} the committer goes one step further and I{stages}
+writes (L{RocksStore.stage}): they are visible to this store's reads at once
+but reach RocksDB as one WriteBatch per group commit (L{RocksStore.flush_staged}),
+which saves a WAL append per write (measured: 6.7 us per single-op write vs
+2.3 us per op in batches of 16). Nothing staged is ever acknowledged: the
+committer flushes before it syncs, and answers only after the sync.
+
 rocksdict 0.3.29 behaviours this module relies on or avoids, each pinned by
 C{tests/storage/test_rocks.py}:
   - every failure is a bare C{Exception} with RocksDB's status text, which
@@ -67,6 +74,9 @@ _MAX_BATCH = 1024
 
 _MiB = 1024 * 1024
 
+#: L{RocksStore.get}'s marker for a key the staging overlay does not hold.
+_ABSENT = object()
+
 
 class RocksStore:
     """An L{OrderedStore<twistkv.storage.interface.OrderedStore>} kept in a RocksDB data dir.
@@ -108,8 +118,20 @@ class RocksStore:
         self._write_options = WriteOptions()
         self._write_options.sync = False
         self._closed = False
+        #: Staged writes not yet handed to RocksDB: the overlay reads consult
+        #: (None = deleted), and the batch that will carry them.
+        self._staged: dict[bytes, bytes | None] = {}
+        self._staged_batch: WriteBatch | None = None
+        #: Set when a staged batch could not be written: nothing may be synced
+        #: (and so acknowledged) after that, since those writes are gone.
+        self._stage_error: StorageError | None = None
 
     def get(self, key: bytes) -> bytes | None:
+        staged = self._staged
+        if staged:
+            found = staged.get(key, _ABSENT)
+            if found is not _ABSENT:
+                return found  # type: ignore[return-value]
         try:
             value: bytes | None = self._db.get(key)
         except Exception as exc:
@@ -117,6 +139,8 @@ class RocksStore:
         return value
 
     def write(self, ops: Sequence[WriteOp]) -> None:
+        if self._staged_batch is not None:
+            self.flush_staged()  # keep the order: staged ops are older
         batch = WriteBatch(raw_mode=True)
         try:
             for key, value in ops:
@@ -128,12 +152,66 @@ class RocksStore:
         except Exception as exc:
             raise _translate(exc, self.path, "writing to") from exc
 
+    def stage(self, ops: Sequence[WriteOp]) -> None:
+        """Apply C{ops} for this store's reads now; hand them to RocksDB at the next
+        L{flush_staged} (or read that needs RocksDB itself), as one batch with every
+        other staged op.
+
+        Only the reactor thread calls this, L{flush_staged}, L{get} and L{iterate}.
+
+        @raise TypeError: a key or value is not bytes (nothing is staged).
+        @raise StorageError: an earlier staged batch could not be written.
+        """
+        if self._closed:
+            raise StoreClosedError(f"data dir {self.path} is closed", self.path)
+        if self._stage_error is not None:
+            raise self._stage_error
+        for key, value in ops:
+            if type(key) is not bytes or (value is not None and type(value) is not bytes):
+                raise TypeError(
+                    "store keys and values must be bytes, not "
+                    f"{type(key).__name__} and {type(value).__name__}"
+                )
+        batch = self._staged_batch
+        if batch is None:
+            batch = self._staged_batch = WriteBatch(raw_mode=True)
+        staged = self._staged
+        for key, value in ops:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+            staged[key] = value
+
+    def flush_staged(self) -> None:
+        """Write every staged op to RocksDB (the WAL, unsynced) as one batch.
+
+        @raise StorageError: the batch could not be written; the staged ops are
+            lost and every later L{sync} and L{stage} fails too.
+        """
+        if self._stage_error is not None:
+            raise self._stage_error
+        batch = self._staged_batch
+        if batch is None:
+            return
+        self._staged_batch = None
+        try:
+            self._db.write(batch, self._write_options)
+        except Exception as exc:
+            self._stage_error = _translate(exc, self.path, "writing to")  # type: ignore[assignment]
+            raise self._stage_error from exc
+        finally:
+            self._staged.clear()
+
     def sync(self) -> None:
         """Flush and fsync the WAL, covering every batch written so far.
 
+        Staged ops are covered only once L{flush_staged} has written them.
         Measured here: 0.16 ms median for one small batch on a quiet disk,
         2-4 ms while other processes load the same disk.
         """
+        if self._stage_error is not None:
+            raise self._stage_error
         try:
             self._db.flush_wal(True)
         except Exception as exc:
@@ -166,6 +244,7 @@ class RocksStore:
         self, lower: bytes, upper: bytes | None, limit: int
     ) -> list[tuple[bytes, bytes]]:
         """Up to C{limit} pairs with keys in [C{lower}, C{upper}), ascending."""
+        self.flush_staged()
         pairs: list[tuple[bytes, bytes]] = []
         cursor: RdictIter | None = None
         try:
@@ -190,6 +269,7 @@ class RocksStore:
         self, lower: bytes, upper: bytes | None, limit: int
     ) -> list[tuple[bytes, bytes]]:
         """Up to C{limit} pairs with keys in [C{lower}, C{upper}), descending."""
+        self.flush_staged()
         pairs: list[tuple[bytes, bytes]] = []
         cursor: RdictIter | None = None
         try:
@@ -241,18 +321,23 @@ class RocksStore:
         dest = os.fspath(dest_dir)
         if self._closed:
             raise StoreClosedError(f"data dir {self.path} is closed", self.path)
+        self.flush_staged()
         try:
             Checkpoint(self._db).create_checkpoint(dest)
         except Exception as exc:
             raise _translate(exc, self.path, f"checkpointing to {dest}") from exc
 
     def close(self) -> None:
-        """Sync the WAL and release the data dir (its LOCK), even if the sync fails."""
+        """Write staged ops, sync the WAL and release the data dir (its LOCK), even if
+        the sync fails."""
         if self._closed:
             return
         self._closed = True
         try:
+            self.flush_staged()
             self._db.flush_wal(True)
+        except StorageError:
+            raise  # staged writes that could not be written: already explained
         except Exception as exc:
             raise _translate(exc, self.path, "syncing") from exc
         finally:
