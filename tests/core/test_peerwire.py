@@ -99,6 +99,18 @@ def test_round_trip_byte_by_byte(items: list[Frame]) -> None:
     assert decode_chunks(FrameDecoder(), [data[i : i + 1] for i in range(len(data))]) == items
 
 
+@given(frames, st.integers(1, 2**63 - 1))
+def test_encoding_under_another_request_id_equals_encoding_the_copy(
+    frame: Frame, request_id: int
+) -> None:
+    """The adapter's shortcut (encode under a new id, no copy) gives the bytes of
+    C{with_request_id}, and the frame itself keeps its id."""
+    original = frame.request_id
+    assert encode_frame(frame, request_id=request_id) == encode_frame(
+        frame.with_request_id(request_id))
+    assert frame.request_id == original
+
+
 def test_encoding_is_the_documented_wire_form() -> None:
     """Header fields in order, len last and only with a payload, CRLF, then raw payload."""
     assert encode_frame(Frame("PING", 7)) == b"PING 7\r\n"
@@ -836,3 +848,46 @@ def test_pending_requests_agree_with_a_dict_model(
                 del model[rid]
         assert len(pending) == len(model)
         assert pending.next_deadline() == (min(model.values()) if model else None)
+
+
+# -- INCR --------------------------------------------------------------------------------------
+
+
+@given(st.binary(max_size=40), st.integers(-(2**63), 2**63 - 1),
+       st.sampled_from([None, "one", "quorum", "all"]))
+def test_incr_frame_round_trips_through_the_wire(
+    key: bytes, delta: int, consistency: str | None
+) -> None:
+    """An INCR request survives encoding, decoding and parsing unchanged."""
+    from twistkv.core.peerwire import IncrRequest, incr_frame, parse_incr
+
+    request = IncrRequest(key, delta, consistency)
+    (decoded,) = FrameDecoder().feed(encode_frame(incr_frame(request).with_request_id(9)))
+    assert parse_incr(decoded) == request
+
+
+@pytest.mark.parametrize(
+    ("fields", "payload", "match"),
+    [
+        ({"delta": "1"}, b"", "key and delta"),
+        ({"key": "k"}, b"", "key and delta"),
+        ({"key": "k", "delta": "+1"}, b"", "decimal"),
+        ({"key": "k", "delta": "01"}, b"", "decimal"),
+        ({"key": "k", "delta": "-0"}, b"", "decimal"),
+        ({"key": "k", "delta": "1.5"}, b"", "decimal"),
+        ({"key": "k", "delta": "9223372036854775808"}, b"", "int64"),
+        ({"key": "k", "delta": "1", "consistency": "most"}, b"", "consistency"),
+        ({"key": "k", "delta": "1"}, b"x", "payload"),
+        ({"key": "%zz", "delta": "1"}, b"", "escape"),
+    ],
+)
+def test_malformed_incr_frames_are_bad_requests(
+    fields: dict[str, str], payload: bytes, match: str
+) -> None:
+    """Every malformed INCR is refused (bad_request, or bad_field for a broken key escape)
+    before anything is applied."""
+    from twistkv.core.peerwire import parse_incr
+
+    with pytest.raises(PeerProtocolError, match=match) as caught:
+        parse_incr(Frame("INCR", 1, fields, payload))
+    assert caught.value.code in ("bad_request", "bad_field")

@@ -252,6 +252,62 @@ def test_error_answer_fails_the_request_with_peer_refused() -> None:
         "bad_request", "no key", "PUT")
 
 
+def test_call_reports_answers_refusals_timeouts_and_losses_to_its_callbacks() -> None:
+    """call() is request() without a Deferred: each outcome reaches exactly one of its
+    callbacks, with the extra arguments, and a callback that raises is only logged."""
+    answers: dict[str, Deferred[Frame | None]] = {}
+
+    def handler(peer: str, frame: Frame) -> Frame | Deferred[Frame | None]:
+        key = frame.fields["key"]
+        if key == "refuse":
+            return error_frame(0, "bad_request", "no")
+        answers[key] = Deferred()
+        return answers[key]
+
+    pair = Pair(handler)
+    seen: list[tuple[str, object, str]] = []
+
+    def ok(frame: Frame, tag: str) -> None:
+        seen.append(("ok", frame.verb, tag))
+        if tag == "raise":
+            raise RuntimeError("a buggy callback")
+
+    def failed(failure: Failure, tag: str) -> None:
+        seen.append(("failed", type(failure.value).__name__, tag))
+
+    for key in ("answer", "raise", "refuse", "slow"):
+        pair.client.call(Frame("GET", 0, {"key": key}), 5.0 if key != "slow" else 1.0,
+                         ok, failed, key)
+    pair.flush()
+    answers["answer"].callback(Frame("VAL", 0))
+    answers["raise"].callback(Frame("VAL", 0))
+    pair.flush()
+    pair.clock.advance(1.0)
+    pair.client.call(Frame("GET", 0, {"key": "lost"}), 5.0, ok, failed, "lost")
+    pair.flush()
+    pair.server_io.loseConnection()
+    pair.flush()
+    pair.client.call(Frame("GET", 0, {"key": "late"}), 5.0, ok, failed, "late")
+    assert seen == [("failed", "PeerRefused", "refuse"), ("ok", "VAL", "answer"),
+                    ("ok", "VAL", "raise"), ("failed", "PeerTimeout", "slow"),
+                    ("failed", "PeerUnavailable", "lost"), ("failed", "PeerUnavailable", "late")]
+    assert pair.client.outstanding == 0
+
+
+def test_pool_call_uses_the_connection_or_queues_like_request() -> None:
+    """The pool's call() answers through its callbacks both before the connection is up
+    (queued, as request) and on the established connection."""
+    net = FakeNet()
+    seen: list[tuple[str, str]] = []
+    record = lambda frame, tag: seen.append((frame.verb, tag))  # noqa: E731
+    net.pool.call("b:7380", Frame("PUT", 0, {"key": "a"}), None, record, record, "queued")
+    net.flush()
+    net.pool.call("b:7380", Frame("PUT", 0, {"key": "b"}), 1.0, record, record, "direct")
+    net.flush()
+    assert seen == [("ACK", "queued"), ("ACK", "direct")]
+    assert net.dials == ["b:7380"]
+
+
 def test_unknown_verb_is_answered_and_the_connection_kept() -> None:
     """A verb outside the vocabulary gets ERROR unknown_verb; the connection stays usable."""
     pair = Pair()

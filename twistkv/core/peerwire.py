@@ -54,6 +54,9 @@ __all__ = [
     "Handshake",
     "TooManyOutstandingRequests",
     "PendingRequests",
+    "IncrRequest",
+    "incr_frame",
+    "parse_incr",
 ]
 
 #: Bumped on any incompatible change; peers must speak the same version.
@@ -81,6 +84,7 @@ VERBS: Mapping[str, str] = MappingProxyType(
         "ACK": "a replica applied a PUT, DEL, HINT or RB_PUT",
         "NACK": "a replica could not serve a request",
         "VAL": "answer carrying a value: a GET's record, a STATS snapshot, an AE_* or RB_* answer",
+        "INCR": "ask a key's acting replica to add to its PN-counter entry and replicate the result",
         "HINT": "deliver a hinted record from a stand-in to its recovered owner",
         "STATS": "ask a node for its statistics snapshot",
         "SWIM_PING": "SWIM direct probe, piggybacking membership updates",
@@ -178,6 +182,9 @@ _VALID_VERBS: set[str] = set(VERBS)
 _VALID_KEYS: set[str] = set()
 _MAX_REMEMBERED = 1024
 _value_ok = _VALUE.fullmatch
+#: A header with no fields and no payload, matched in one step (see _parse_header).
+_BARE_HEADER = re.compile(rb"([A-Z_]+) (0|[1-9][0-9]{0,18})").fullmatch
+_NO_FIELDS: MappingProxyType[str, str] = MappingProxyType({})
 
 
 def _check_header_parts(verb: str, request_id: int, fields: Mapping[str, str]) -> None:
@@ -256,10 +263,9 @@ class Frame:
         caller has already done.
         """
         frame = _new_frame(cls)
-        _set(frame, "verb", verb)
-        _set(frame, "request_id", request_id)
-        _set(frame, "fields", fields)
-        _set(frame, "payload", payload)
+        # One store instead of four frozen-attribute writes: this runs for every frame.
+        _set(frame, "__dict__", {"verb": verb, "request_id": request_id, "fields": fields,
+                                 "payload": payload})
         return frame
 
     def with_request_id(self, request_id: int) -> Frame:
@@ -280,18 +286,24 @@ _new_frame = object.__new__
 _set = object.__setattr__
 
 
-def encode_frame(frame: Frame, max_line: int = MAX_LINE) -> bytes:
+def encode_frame(frame: Frame, max_line: int = MAX_LINE, request_id: int | None = None) -> bytes:
     """Serialise C{frame}: header line (C{len} last, only with a payload) then payload.
 
+    @param request_id: send the frame under this id instead of its own, without building
+        a copy (L{Frame.with_request_id}); the caller vouches that it is in range (the
+        adapter's own allocated ids, or the id of a frame it decoded).
     @raise InvalidFrameError: the header would exceed C{max_line}; a peer
         would refuse it, so it is our bug to send it.
     """
-    parts = [frame.verb, str(frame.request_id)]
-    parts.extend([f"{key}={value}" for key, value in frame.fields.items()])
+    head = f"{frame.verb} {frame.request_id if request_id is None else request_id}"
+    fields = frame.fields
+    if fields:
+        head = " ".join([head, *[f"{key}={value}" for key, value in fields.items()]])
     payload = frame.payload
     if payload:
-        parts.append(f"{_LENGTH_FIELD}={len(payload)}")
-    header = (" ".join(parts) + "\r\n").encode("ascii")
+        header = f"{head} {_LENGTH_FIELD}={len(payload)}\r\n".encode("ascii")
+    else:
+        header = f"{head}\r\n".encode("ascii")
     if len(header) > max_line:
         raise InvalidFrameError(
             "line_too_long", f"{frame.verb} header is {len(header)} bytes, limit {max_line}"
@@ -299,10 +311,16 @@ def encode_frame(frame: Frame, max_line: int = MAX_LINE) -> bytes:
     return header + payload if payload else header
 
 
-def _parse_header(line: bytes, max_payload: int) -> tuple[Frame, int]:
-    """Parse one header line (terminator removed) into a payload-less frame and its length."""
+def _parse_header(
+    line: bytes, max_payload: int
+) -> tuple[str, int, MappingProxyType[str, str], int]:
+    """Parse one header line (terminator removed): verb, request id, fields, payload length."""
     if line.endswith(b"\r"):
         line = line[:-1]
+    bare = _BARE_HEADER(line)
+    if bare is not None and (request_id := int(bare[2])) <= MAX_REQUEST_ID:
+        # "VERB id" alone, the form of every ACK: nothing else to check.
+        return bare[1].decode("ascii"), request_id, _NO_FIELDS, 0
     if not _HEADER_LINE.fullmatch(line):
         raise PeerProtocolError(
             "bad_header", "header must be printable ASCII tokens separated by single spaces"
@@ -343,7 +361,7 @@ def _parse_header(line: bytes, max_payload: int) -> tuple[Frame, int]:
                 "bad_field",
                 f"value of {key!r} must be printable ASCII without space or '=' (use quote())",
             )
-    return Frame._trusted(verb, request_id, MappingProxyType(fields)), length
+    return verb, request_id, MappingProxyType(fields), length
 
 
 def _parse_length(text: str, max_payload: int) -> int:
@@ -377,8 +395,11 @@ class FrameDecoder:
         self._max_line = max_line
         self._max_payload = max_payload
         self._buffer = bytearray()
+        # Frames are consumed by moving _pos; the buffer is cut once per feed, not per frame.
+        self._pos = 0
         self._scanned = 0  # buffer prefix already known to hold no newline
-        self._header: Frame | None = None  # header awaiting its payload
+        # header (verb, request id, fields) awaiting its payload
+        self._header: tuple[str, int, MappingProxyType[str, str]] | None = None
         self._payload_length = 0
         self._error: PeerProtocolError | None = None
 
@@ -397,32 +418,39 @@ class FrameDecoder:
         except PeerProtocolError as error:
             self._error = error
             self._buffer.clear()
+            self._pos = self._scanned = 0
             raise
+        pos = self._pos
+        if pos:
+            del self._buffer[:pos]
+            self._scanned -= pos
+            self._pos = 0
         return frames
 
     def _next_frame(self) -> Frame | None:
+        buffer, pos = self._buffer, self._pos
         if self._header is None:
-            newline = self._buffer.find(b"\n", self._scanned, self._max_line)
+            newline = buffer.find(b"\n", self._scanned, pos + self._max_line)
             if newline < 0:
-                if len(self._buffer) >= self._max_line:
+                if len(buffer) - pos >= self._max_line:
                     raise PeerProtocolError(
                         "line_too_long", f"no line end within {self._max_line} bytes"
                     )
-                self._scanned = len(self._buffer)
+                self._scanned = len(buffer)
                 return None
-            line = bytes(self._buffer[:newline])
-            del self._buffer[: newline + 1]
-            self._scanned = 0
-            header, length = _parse_header(line, self._max_payload)
+            line = bytes(buffer[pos:newline])
+            pos = self._pos = self._scanned = newline + 1
+            verb, request_id, fields, length = _parse_header(line, self._max_payload)
             if length == 0:
-                return header
-            self._header, self._payload_length = header, length
-        if len(self._buffer) < self._payload_length:
+                return Frame._trusted(verb, request_id, fields)
+            self._header, self._payload_length = (verb, request_id, fields), length
+        end = pos + self._payload_length
+        if len(buffer) < end:
             return None
-        payload = bytes(self._buffer[: self._payload_length])
-        del self._buffer[: self._payload_length]
-        header, self._header = self._header, None
-        return Frame._trusted(header.verb, header.request_id, header.fields, payload)
+        payload = bytes(buffer[pos:end])
+        self._pos = self._scanned = end
+        (verb, request_id, fields), self._header = self._header, None
+        return Frame._trusted(verb, request_id, fields, payload)
 
 
 _SAFE_BYTES = frozenset(range(0x21, 0x7F)) - frozenset(b"=%")
@@ -902,3 +930,55 @@ class PendingRequests:
                 return deadline
             heapq.heappop(self._heap)
         return None
+
+
+# -- INCR (docs/peer-protocol.md §5.2) --------------------------------------------------------
+
+_DELTA = re.compile(r"-?(?:0|[1-9][0-9]{0,18})")
+_CONSISTENCY_NAMES = frozenset({"one", "quorum", "all"})
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class IncrRequest:
+    """A parsed C{INCR}: add C{delta} to the key's counter; C{consistency} is None (the
+    cluster's W) or one of C{one}, C{quorum}, C{all}."""
+
+    key: bytes
+    delta: int
+    consistency: str | None = None
+
+
+def incr_frame(request: IncrRequest) -> Frame:
+    """The C{INCR} request frame for C{request} (request id 0: the pool assigns one)."""
+    fields = {"key": quote(request.key), "delta": str(request.delta)}
+    if request.consistency is not None:
+        fields["consistency"] = request.consistency
+    return Frame("INCR", 0, fields)
+
+
+def parse_incr(frame: Frame) -> IncrRequest:
+    """Validate an C{INCR} frame's fields.
+
+    @raise PeerProtocolError: C{bad_request} when C{key} or C{delta} is missing, C{delta} is
+        not a canonical decimal int64 (no C{+}, no leading zeros, no C{-0}), C{consistency}
+        is not C{one}/C{quorum}/C{all}, or a payload is attached.
+    """
+    fields = frame.fields
+    if "key" not in fields or "delta" not in fields:
+        raise PeerProtocolError("bad_request", "INCR needs the key and delta fields")
+    text = fields["delta"]
+    if not _DELTA.fullmatch(text) or text == "-0":
+        raise PeerProtocolError("bad_request", f"INCR delta is not a decimal integer: "
+                                               f"{_snippet(text)}")
+    delta = int(text)
+    if not _INT64_MIN <= delta <= _INT64_MAX:
+        raise PeerProtocolError("bad_request", "INCR delta is outside int64")
+    consistency = fields.get("consistency")
+    if consistency is not None and consistency not in _CONSISTENCY_NAMES:
+        raise PeerProtocolError("bad_request", f"INCR consistency must be one, quorum or all: "
+                                               f"{_snippet(consistency)}")
+    if frame.payload:
+        raise PeerProtocolError("bad_request", "INCR carries no payload")
+    return IncrRequest(unquote(fields["key"]), delta, consistency)

@@ -208,7 +208,16 @@ class WriteCoordination:
         else:
             status, reason = Status.PENDING, None
         hinted = sum(1 for replica in self._acked.values() if replica.hinted_for is not None)
-        return WriteOutcome(status, acks, hinted, nacks, missing, reason)
+        # Outcomes are immutable and few (counts bounded by the replica count): share them,
+        # since building a frozen dataclass on every ack was a visible cost per write.
+        key = (status, acks, hinted, nacks, missing, reason)
+        outcome = _WRITE_OUTCOMES.get(key)
+        if outcome is None:
+            outcome = _WRITE_OUTCOMES[key] = WriteOutcome(*key)
+        return outcome
+
+
+_WRITE_OUTCOMES: dict[tuple[object, ...], WriteOutcome] = {}
 
 
 @dataclass(frozen=True)

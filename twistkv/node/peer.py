@@ -13,9 +13,12 @@ connection the other prefers, and a reconnect never races a dial from the
 other end.
 
 Writes are batched: every frame produced in one reactor turn on one
-connection leaves in a single C{transport.write}, flushed at the end of
-C{dataReceived} or, outside it, by a C{callLater(0)}. A quorum write to three
-replicas issued by sixteen pipelined clients costs three writes, not 48.
+connection leaves in a single write, flushed at the end of C{dataReceived}
+or, outside it, by a C{callLater(0)}; straight to the socket when Twisted
+holds nothing for it. A quorum write to three replicas issued by sixteen
+pipelined clients costs three writes, not 48. The coordinator's hot path uses
+L{PeerClientPool.call}, which reports the answer to callbacks instead of a
+Deferred.
 
 test-case-name: tests.node.test_peer
 """
@@ -23,6 +26,7 @@ test-case-name: tests.node.test_peer
 from __future__ import annotations
 
 import random
+import socket
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -39,6 +43,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -237,15 +242,46 @@ class VerbRouter:
 # -- the connection --------------------------------------------------------------------------
 
 
+#: C{(answer or Failure, *args) -> None}: how L{PeerProtocol.call} reports an outcome.
+Callback: TypeAlias = Callable[..., object]
+
+
 class _Outstanding:
-    """A request awaiting its answer (a plain slotted class: one is built per request)."""
+    """A request awaiting its answer (a plain slotted class: one is built per request).
 
-    __slots__ = ("deferred", "verb", "timeout")
+    Either C{deferred} (L{PeerProtocol.request}) or C{callback}/C{errback} with C{args}
+    (L{PeerProtocol.call}) receives the outcome.
+    """
 
-    def __init__(self, deferred: Deferred[Frame], verb: str, timeout: float) -> None:
+    __slots__ = ("deferred", "verb", "timeout", "callback", "errback", "args")
+
+    def __init__(self, deferred: Deferred[Frame] | None, verb: str, timeout: float,
+                 callback: Callback | None = None, errback: Callback | None = None,
+                 args: tuple[object, ...] = ()) -> None:
         self.deferred = deferred
         self.verb = verb
         self.timeout = timeout
+        self.callback = callback
+        self.errback = errback
+        self.args = args
+
+    def succeed(self, frame: Frame) -> None:
+        if self.deferred is not None:
+            self.deferred.callback(frame)
+            return
+        try:
+            self.callback(frame, *self.args)  # type: ignore[misc]
+        except Exception:
+            _log.failure("Answer callback for {verb} failed", verb=self.verb)
+
+    def fail(self, error: Exception) -> None:
+        if self.deferred is not None:
+            self.deferred.errback(error)
+            return
+        try:
+            self.errback(Failure(error), *self.args)  # type: ignore[misc]
+        except Exception:
+            _log.failure("Error callback for {verb} failed", verb=self.verb)
 
 
 class PeerProtocol(Protocol):
@@ -295,6 +331,8 @@ class PeerProtocol(Protocol):
         self._next_id = 0
         self._backlog = 0
         self._out: list[bytes] = []
+        #: The plain TCP socket, for L{_flush}'s direct send (None: TLS or a test transport).
+        self._socket: socket.socket | None = None
         self._batching = False
         self._flush_call: IDelayedCall | None = None
         self._expiry_call: IDelayedCall | None = None
@@ -337,6 +375,8 @@ class PeerProtocol(Protocol):
                 set_no_delay(True)
             except OSError:
                 pass
+        if isinstance(self.transport, Connection) and not self.transport.TLS:
+            self._socket = self.transport.socket
         if self.label == "?":
             self.label = _describe_address(self.transport.getPeer())
         secret = self._config.secret
@@ -365,7 +405,7 @@ class PeerProtocol(Protocol):
                       peer=self.label, node=self.peer.peer_node_id, why=why)
         outstanding, self._outstanding = self._outstanding, {}
         for request in outstanding.values():
-            request.deferred.errback(PeerUnavailable(self.label, why))
+            request.fail(PeerUnavailable(self.label, why))
         if self._on_lost is not None:
             self._on_lost(self, why)
         waiters, self._lost_waiters = self._lost_waiters, []
@@ -501,7 +541,7 @@ class PeerProtocol(Protocol):
                        verb=verb, answer=answer)
             answer = _nack(request_id, _INTERNAL_ERROR, f"{verb} failed on this node")
         try:
-            self._write(answer.with_request_id(request_id))
+            self._queue(encode_frame(answer, self._limits.max_line, request_id))
         except Exception:
             _log.failure("Cannot send the answer to {verb} from {peer}", verb=verb, peer=self.label)
             self._write(_nack(request_id, _INTERNAL_ERROR, f"{verb} failed on this node"))
@@ -518,9 +558,9 @@ class PeerProtocol(Protocol):
         request = self._outstanding.pop(frame.request_id)
         if frame.verb == "ERROR":
             code, message = error_details(frame)
-            request.deferred.errback(PeerRefused(self.label, request.verb, code, message))
+            request.fail(PeerRefused(self.label, request.verb, code, message))
         else:
-            request.deferred.callback(frame)
+            request.succeed(frame)
 
     # -- output ------------------------------------------------------------------------------
 
@@ -531,22 +571,46 @@ class PeerProtocol(Protocol):
         an C{ERROR} answer, L{PeerUnavailable} if the connection goes, and
         L{PeerBusy} at once if too many requests are outstanding.
         """
+        request = _Outstanding(None, frame.verb, timeout)
+        sent = self._send_request(frame, request)
+        if isinstance(sent, Exception):
+            return fail(sent)
+        deferred: Deferred[Frame] = Deferred(lambda _: self._forget(sent))
+        request.deferred = deferred
+        return deferred
+
+    def call(self, frame: Frame, timeout: float, callback: Callback, errback: Callback,
+             *args: object) -> None:
+        """Like L{request} without a Deferred: C{callback(answer, *args)} or
+        C{errback(Failure, *args)} runs once, possibly before this returns.
+
+        For the coordinator's hot path, where a Deferred and its callback chain cost more
+        than the rest of a replica request. Exceptions the callbacks raise are logged.
+        """
+        request = _Outstanding(None, frame.verb, timeout, callback, errback, args)
+        sent = self._send_request(frame, request)
+        if isinstance(sent, Exception):
+            request.fail(sent)
+
+    def _send_request(self, frame: Frame, request: _Outstanding) -> int | Exception:
+        """Queue C{frame} under a fresh id awaited by C{request}: the id, or why not."""
         if not self.ready:
-            return fail(PeerUnavailable(self.label, self._close_reason or "not connected"))
+            return PeerUnavailable(self.label, self._close_reason or "not connected")
         request_id = self._allocate_id()
         try:
-            data = encode_frame(frame.with_request_id(request_id), self._limits.max_line)
-        except InvalidFrameError as error:  # our bug, but the caller's Deferred should say so
-            return fail(error)
+            data = encode_frame(frame, self._limits.max_line, request_id)
+        except InvalidFrameError as error:  # our bug, but the caller should hear of it
+            return error
+        deadline = self._reactor.seconds() + request.timeout
         try:
-            self._pending.register(request_id, self._reactor.seconds() + timeout)
+            self._pending.register(request_id, deadline)
         except TooManyOutstandingRequests as error:
-            return fail(PeerBusy(self.label, error.limit))
-        deferred: Deferred[Frame] = Deferred(lambda _: self._forget(request_id))
-        self._outstanding[request_id] = _Outstanding(deferred, frame.verb, timeout)
+            return PeerBusy(self.label, error.limit)
+        self._outstanding[request_id] = request
         self._queue(data)
-        self._arm_expiry()
-        return deferred
+        if self._expiry_call is None or deadline < self._expiry_at:
+            self._arm_expiry()  # else the armed timer comes first and re-arms itself
+        return request_id
 
     def send(self, frame: Frame) -> None:
         """Send a one-way frame (no answer expected) under a fresh request id."""
@@ -584,7 +648,7 @@ class PeerProtocol(Protocol):
         for request_id in self._pending.expire(now):
             request = self._outstanding.pop(request_id, None)
             if request is not None:
-                request.deferred.errback(PeerTimeout(self.label, request.verb, request.timeout))
+                request.fail(PeerTimeout(self.label, request.verb, request.timeout))
         self._arm_expiry()
 
     def _write(self, frame: Frame) -> None:
@@ -605,7 +669,29 @@ class PeerProtocol(Protocol):
         if self._out and not self._lost and self.transport is not None:
             data = b"".join(self._out)
             self._out.clear()
-            self.transport.write(data)
+            transport: Any = self.transport
+            sock = self._socket
+            if (
+                sock is not None
+                and not transport._tempDataBuffer
+                and transport.offset >= len(transport.dataBuffer)
+                and transport.connected
+                and not transport.disconnecting
+                and not transport._writeDisconnected
+            ):
+                # Twisted holds nothing for this socket: send now rather than register for
+                # writability and send on the next reactor pass (two epoll_ctl calls and a
+                # loop iteration per flush, as for client replies in protocol.py). Only
+                # what the kernel does not take goes through transport.write, in order;
+                # errors are left to Twisted's write path, which reports a lost connection.
+                try:
+                    sent = sock.send(data)
+                except OSError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            transport.write(data)
 
 
 def _describe_loss(reason: Failure) -> str:
@@ -813,6 +899,24 @@ class PeerClientPool:
         item = _Queued(frame, deferred, self._reactor.seconds() + timeout, timeout)
         refused = self._enqueue(address, link, item)
         return deferred if refused is None else refused
+
+    def call(self, address: str, frame: Frame, timeout: float | None, callback: Callback,
+             errback: Callback, *args: object) -> None:
+        """L{request} with callbacks instead of a Deferred (see L{PeerProtocol.call}):
+        C{callback(answer, *args)} or C{errback(Failure, *args)} runs once, maybe at once.
+
+        On an established connection no Deferred is made; otherwise this is L{request}.
+        """
+        if not self._closed:
+            link = self._links.get(address)
+            if link is not None and link.state is _LinkState.READY:
+                protocol = link.protocol
+                if protocol is not None and protocol.ready:
+                    protocol.call(frame, self.request_timeout if timeout is None else timeout,
+                                  callback, errback, *args)
+                    return
+        self.request(address, frame, timeout).addCallbacks(
+            callback, errback, callbackArgs=args, errbackArgs=args)
 
     def send(self, address: str, frame: Frame) -> None:
         """Send a one-way frame, best effort: failures are logged, never raised."""
