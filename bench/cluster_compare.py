@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import socket
@@ -225,6 +226,29 @@ def wait_converged(nodes: list[ClusterNode], timeout: float) -> float:
     return time.monotonic() - t0
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process used so far, from /proc; None if unreadable.
+
+    Unlike ops/s, CPU per request hardly depends on what else runs on the machine, so it
+    is the figure to compare between runs on a shared box.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_per_request(nodes: list[Server], before: list[float | None], requests: int
+                    ) -> list[float | None]:
+    """Microseconds of CPU per request, per node, since C{before}."""
+    out: list[float | None] = []
+    for node, start in zip(nodes, before, strict=True):
+        end = cpu_seconds(node.proc.pid) if node.proc is not None else None
+        out.append(None if start is None or end is None else (end - start) / requests * 1e6)
+    return out
+
+
 class PeerWatch:
     """Watch the nodes run_benchmark does not (it watches node 1): death and RSS."""
 
@@ -293,7 +317,8 @@ def profile_set(py_spy: str, redis_benchmark: str, node: Server, seconds: float,
 
 def print_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     header = (f"{'config':<7} {'nodes/quorum':<18} {'workload':<11} {'test':<4} {'ops/s':>10} "
-              f"{'p50 ms':>7} {'p99 ms':>7} {'vs single':>9}  {'target':<8} {'':4}")
+              f"{'p50 ms':>7} {'p99 ms':>7} {'vs single':>9}  {'target':<8} {'':4} "
+              f"CPU us/req by node")
     print(header)
     print("-" * len(header))
     keyed = {(r["config"], r["workload"], r["test"]): r for r in results}
@@ -318,9 +343,11 @@ def print_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                         "ratio_to_single": ratio, "target": target or None,
                                         "verdict": mark or None})
                 rtxt = f"{ratio:.3f}x" if ratio is not None else "-"
+                cpu = "+".join("-" if c is None else f"{c:.0f}"
+                               for c in row.get("cpu_us_per_request_by_node") or ())
                 print(f"{config:<7} {CONFIG_DESC[config]:<18} {rc.WORKLOADS[workload][0]:<11} "
                       f"{test:<4} {row['rps']:>10,.0f} {row['p50_latency_ms']:>7.3f} "
-                      f"{row['p99_latency_ms']:>7.3f} {rtxt:>9}  {target:<8} {mark}")
+                      f"{row['p99_latency_ms']:>7.3f} {rtxt:>9}  {target:<8} {mark:<4} {cpu}")
         print()
     return comparisons
 
@@ -413,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                 cmd: list[str] = []
                 for _ in range(args.repeat):
                     t0 = time.monotonic()
+                    cpu0 = [cpu_seconds(node.proc.pid) if node.proc is not None else None
+                            for node in nodes]
                     with PeerWatch(peers, args.max_rss_mb) as watch:
                         # generous: assumes at least 1000 ops/s for SET + GET
                         cmd, rows = rc.run_benchmark(args.redis_benchmark, coordinator, workload,
@@ -425,18 +454,23 @@ def main(argv: list[str] | None = None) -> int:
                         if node.proc is not None and node.proc.poll() is not None:
                             raise BenchError(f"{node.label} died during the benchmark:\n"
                                              + node.log_tail())
-                    runs.append((rows, elapsed))
+                    # -t set,get: n SETs then n GETs, so the CPU covers 2n requests.
+                    runs.append((rows, elapsed, cpu_per_request(nodes, cpu0, 2 * n)))
                 for test in ("SET", "GET"):
-                    got = sorted((r[test] for r, _ in runs if test in r), key=lambda x: x["rps"])
+                    got = sorted(((r[test], cpu) for r, _, cpu in runs if test in r),
+                                 key=lambda x: x[0]["rps"])
                     if got:
+                        median, cpu = got[len(got) // 2]
                         results.append({"config": config, "workload": workload, "test": test,
                                         "nodes": len(nodes), "n": n,
                                         "command": " ".join(cmd[1:]),
-                                        "all_rps": [g["rps"] for g in got],
-                                        **got[len(got) // 2]})
+                                        "all_rps": [g["rps"] for g, _ in got],
+                                        "cpu_us_per_request_by_node": cpu, **median})
                 r = {t: runs[-1][0].get(t, {}).get("rps", 0) for t in ("SET", "GET")}
+                cpu_text = " ".join("-" if c is None else f"{c:.0f}" for c in runs[-1][2])
                 print(f"  {config:<7} {workload:<8} SET {r['SET']:>9,.0f}/s "
-                      f"GET {r['GET']:>9,.0f}/s  ({runs[-1][1]:.1f}s)", flush=True)
+                      f"GET {r['GET']:>9,.0f}/s  ({runs[-1][1]:.1f}s; CPU us/request by node "
+                      f"{cpu_text})", flush=True)
             if py_spy and config == "quorum":
                 out = Path(args.profile) / "quorum-set-p16-node1.txt"
                 print(f"  profiling {coordinator.label} for {args.profile_seconds:.0f}s under "

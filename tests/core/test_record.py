@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from twistkv.core.counter import PNCounter
 from twistkv.core.record import (
     CorruptRecordError,
     Record,
@@ -24,8 +25,31 @@ versions = st.builds(
     node=node_ids,
     expires_at_ms=st.integers(0, 2**64 - 1),
     tombstone=st.booleans(),
+    counter=st.none(),
 )
-records = st.lists(versions, max_size=4).map(lambda vs: Record(tuple(vs)))
+#: Valid (canonical) PN-counter states: sorted unique actors, no all-zero entry.
+counters = st.builds(
+    PNCounter,
+    base=st.integers(-(2**63), 2**63 - 1),
+    origin_hlc=st.integers(0, 2**64 - 1),
+    origin_node=st.one_of(st.just(""), node_ids),
+    entries=st.dictionaries(
+        node_ids, st.tuples(st.integers(0, 2**70), st.integers(0, 2**70)).filter(any),
+        max_size=4,
+    ).map(lambda d: tuple(sorted((a, p, n) for a, (p, n) in d.items()))),
+)
+#: Counter versions as a decoder produces them: the value is the counter's decimal text.
+counter_versions = st.builds(
+    lambda counter, clock, hlc, node, expires: Version(
+        str(counter.value()).encode(), clock, hlc, node, expires, False, counter),
+    counters,
+    st.lists(st.tuples(node_ids, st.integers(0, 2**64 - 1)), max_size=5).map(tuple),
+    st.integers(0, 2**64 - 1),
+    node_ids,
+    st.integers(0, 2**64 - 1),
+)
+records = st.lists(st.one_of(versions, counter_versions), max_size=4).map(
+    lambda vs: Record(tuple(vs)))
 
 
 @settings(max_examples=200)
@@ -60,10 +84,38 @@ def test_trailing_bytes_and_unknown_flags_are_refused() -> None:
     raw = encode_record(Record((Version(b"v", (("n1", 1),), 5, "n1"),)))
     with pytest.raises(CorruptRecordError, match="trailing"):
         decode_record(raw + b"x")
-    flagged = bytearray(raw)
-    flagged[3] |= 0x02  # flags byte of the first version
-    with pytest.raises(CorruptRecordError, match="flags"):
-        decode_record(bytes(flagged))
+    for flags in (0x03, 0x04, 0x80):  # counter + tombstone, reserved bits
+        flagged = bytearray(raw)
+        flagged[3] = flags  # flags byte of the first version
+        with pytest.raises(CorruptRecordError, match="flags"):
+            decode_record(bytes(flagged))
+
+
+def test_a_counter_version_decodes_with_its_decimal_value() -> None:
+    """A counter's stored bytes are its CRDT state, but the decoded version's value is the
+    decimal text a GET returns (base + P - N), and the state rides along unchanged."""
+    counter = PNCounter(10, 7, "n1", (("n1/x", 5, 0), ("n2/y", 0, 20)))
+    raw = encode_record(Record((Version(b"ignored", (("n1", 9),), 9, "n1", 0, False, counter),)))
+    (decoded,) = decode_record(raw).versions
+    assert decoded.value == b"-5"
+    assert decoded.counter == counter
+    assert raw[3] == 0x02
+
+
+def test_a_counter_tombstone_cannot_be_encoded() -> None:
+    """A tombstone carries no value, so a tombstone with a counter is a caller bug, refused."""
+    with pytest.raises(ValueError, match="tombstone"):
+        encode_record(Record((Version(b"", tombstone=True, counter=PNCounter()),)))
+
+
+def test_a_corrupt_counter_is_a_corrupt_record() -> None:
+    """Malformed counter bytes under the counter flag raise CorruptRecordError like any other
+    corruption (so the replica and peers treat them alike)."""
+    raw = bytearray(encode_record(Record((Version(b"", (("n1", 1),), 1, "n1", 0, False,
+                                                  PNCounter(0, 0, "", (("a", 1, 0),))),))))
+    raw[-2] = 0  # the P total's only byte: a zero-padded total is not canonical
+    with pytest.raises(CorruptRecordError, match="counter"):
+        decode_record(bytes(raw))
 
 
 def test_winner_is_highest_hlc_then_node() -> None:
@@ -103,3 +155,37 @@ def test_single_writer_encoding_matches_general(
     assert not is_single_writer(two, block)
     mixed = encode_record(Record((Version(value, ((node, 1), ("zz", 2)), 1, node),)))
     assert not is_single_writer(mixed, block)
+
+
+@settings(max_examples=200)
+@given(st.lists(versions, min_size=1, max_size=2), node_ids)
+def test_own_plain_version_agrees_with_decode_record(chosen: list[Version], node: str) -> None:
+    """The GET fast path either declines (None) or decodes exactly what decode_record
+    does; it never declines a plain value clocked by its own node alone."""
+    from twistkv.core.record import own_plain_version, single_writer_block
+
+    block = single_writer_block(node)
+    own = chosen[0]._replace(node=node, clock=((node, chosen[0].hlc ^ 1),))
+    for record in (Record(tuple(chosen)), Record((own,))):
+        raw = encode_record(record)
+        fast = own_plain_version(raw, block, node)
+        if fast is not None:
+            assert fast == decode_record(raw).versions[0]
+            assert len(record.versions) == 1 and not record.versions[0].tombstone
+    fast = own_plain_version(encode_record(Record((own,))), block, node)
+    assert (fast is None) == own.tombstone
+
+
+def test_own_plain_version_declines_counters_and_damaged_records() -> None:
+    """Counters (flag bit 1) and a record whose value length does not fit its bytes go
+    to decode_record, which decodes the one and reports the other."""
+    from twistkv.core.record import encode_single_writer, own_plain_version, single_writer_block
+
+    block = single_writer_block("n1")
+    counter = Version(b"", (("n1", 5),), 5, "n1", counter=PNCounter(base=7))
+    assert own_plain_version(encode_record(Record((counter,))), block, "n1") is None
+    raw = encode_single_writer(block, b"value", 5, 0)
+    assert own_plain_version(raw, block, "n1") is not None
+    assert own_plain_version(raw[:-1], block, "n1") is None
+    with pytest.raises(CorruptRecordError):
+        decode_record(raw[:-1])

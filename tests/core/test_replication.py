@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from twistkv.core.counter import CounterOverflow, NotAnInteger, PNCounter
 from twistkv.core.quorum import ConsistencyLevel, Replica
-from twistkv.core.record import Record, Version
+from twistkv.core.record import Record, Version, join_counters, live_value
 from twistkv.core.replication import (
     collectable,
     context_clock,
+    increment_version,
     merge_versions,
     new_version,
     next_stand_in,
@@ -34,6 +37,7 @@ versions = st.builds(
     node=st.sampled_from(NODES),
     expires_at_ms=st.sampled_from([0, 10]),
     tombstone=st.booleans(),
+    counter=st.none(),
 )
 version_lists = st.lists(versions, max_size=6)
 
@@ -232,3 +236,224 @@ def test_merge_fast_path_still_refuses_corrupt_clocks() -> None:
             merge_versions(stored, [Version(b"y", clock, 2, "a")])
     unsorted = Version(b"y", (("b", 1), ("a", 2)), 2, "a")
     assert merge_versions(stored, [unsorted]).versions == (unsorted,)
+
+
+# -- counters (PN-counter versions) ------------------------------------------------------------
+
+REPLICAS = 3
+#: One step of a replica history: increment at a replica, plain SET, DEL, or one replica
+#: sending its whole record to another (replica write, repair, hint, stream all merge alike).
+history_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("incr"), st.integers(0, REPLICAS - 1), st.integers(-5, 5)),
+        st.tuples(st.just("set"), st.integers(0, REPLICAS - 1), st.sampled_from([b"7", b"x"])),
+        st.tuples(st.just("del"), st.integers(0, REPLICAS - 1), st.just(0)),
+        st.tuples(st.just("sync"), st.integers(0, REPLICAS - 1), st.integers(0, REPLICAS - 1)),
+    ),
+    max_size=14,
+)
+
+
+def run_history(ops: list[tuple[str, int, object]]) -> tuple[list[Record | None], list[Version]]:
+    """Play ``ops`` on REPLICAS replicas the way nodes do (each mints from its own record and
+    stores the merge); returns the final records and every version that ever existed."""
+    records: list[Record | None] = [None] * REPLICAS
+    universe: list[Version] = []
+    for tick, (kind, replica, arg) in enumerate(ops, start=1):
+        node = f"r{replica}"
+        record = records[replica]
+        current = record.versions if record is not None else ()
+        if kind == "incr":
+            assert isinstance(arg, int)
+            try:
+                minted = increment_version(record, f"{node}/e", arg, node, tick, 0)
+            except NotAnInteger:
+                continue
+        elif kind in ("set", "del"):
+            value = arg if isinstance(arg, bytes) else b""
+            minted = new_version(context_clock(current), value, node, tick,
+                                 tombstone=kind == "del")
+        else:
+            assert isinstance(arg, int)
+            records[arg] = merge_versions(records[arg], current)
+            universe.extend(records[arg].versions)
+            continue
+        records[replica] = merge_versions(record, [minted])
+        universe.append(minted)
+        universe.extend(records[replica].versions)
+    return records, universe
+
+
+def _sync_all(records: list[Record | None]) -> list[Record]:
+    everything = [v for r in records if r is not None for v in r.versions]
+    return [merge_versions(r, everything) for r in records]
+
+
+@given(history_ops, st.data())
+def test_counter_merge_laws_hold_over_real_histories(
+    ops: list[tuple[str, int, object]], data: st.DataObject
+) -> None:
+    """Over versions a replica history can produce (increments, SETs, DELs, merges), merging
+    is commutative, associative and idempotent, and so is the value a read shows: replicas
+    that receive the same versions in any order, grouping or repetition agree."""
+    _, universe = run_history(ops)
+    if not universe:
+        return
+    pick = st.lists(st.sampled_from(universe), max_size=5)
+    a, b, c = data.draw(pick), data.draw(pick), data.draw(pick)
+    ab = merge_versions(merge_versions(None, a), b)
+    assert ab == merge_versions(merge_versions(None, b), a)
+    assert merge_versions(ab, c) == merge_versions(None, a + b + c)
+    assert merge_versions(ab, a + b) == ab
+    assert live_value(merge_versions(ab, c), 0) == live_value(merge_versions(None, c + b + a), 0)
+
+
+@given(history_ops)
+def test_replicas_converge_and_increments_on_one_lineage_all_count(
+    ops: list[tuple[str, int, object]]
+) -> None:
+    """After every replica has every other's record, all hold the same record; and when the
+    history has no SET or DEL, the value a read shows is the sum of every increment applied:
+    concurrent increments at different replicas are neither lost nor counted twice, and the
+    next increment collapses the concurrent counter versions into one."""
+    records, _ = run_history(ops)
+    synced = _sync_all(records)
+    assert all(r == synced[0] for r in synced)
+    if all(kind in ("incr", "sync") for kind, _, _ in ops) and synced[0].versions:
+        total = sum(arg for kind, _, arg in ops if kind == "incr")  # type: ignore[misc]
+        live = live_value(synced[0], 0)
+        assert live is not None and live.value == str(total).encode()
+        after = increment_version(synced[0], "r9/e", 1, "r9", len(ops) + 1, 0)
+        assert merge_versions(synced[0], [after]).versions == (after,)
+        assert after.value == str(total + 1).encode()
+
+
+def test_increment_on_a_plain_integer_uses_it_as_the_base() -> None:
+    """INCR on SET k 10 gives 11; two replicas that both start from that same "10" make
+    counters of one lineage, so their merge counts both increments (12), and the version
+    descends the plain value, replacing it."""
+    plain = Version(b"10", (("n1", 5),), 5, "n1")
+    one = increment_version(Record((plain,)), "a/1", 1, "n1", 6, 0)
+    two = increment_version(Record((plain,)), "b/1", 1, "n2", 7, 0)
+    assert one.value == b"11" and one.counter == PNCounter(10, 5, "n1", (("a/1", 1, 0),))
+    assert version_clock(one).descends(version_clock(plain))
+    record = merge_versions(Record((one, plain)), [two])
+    assert set(record.versions) == {one, two}  # concurrent: both kept, as siblings
+    merged = live_value(record, 0)
+    assert merged is not None and merged.value == b"12"
+    assert version_clock(merged).descends(version_clock(one))
+    assert version_clock(merged).descends(version_clock(two))
+
+
+def test_a_counter_and_a_concurrent_set_stay_siblings() -> None:
+    """A SET concurrent with an increment is not merged into the counter: both stay, and a
+    plain read picks the last writer, as for any concurrent writes."""
+    counter = increment_version(None, "a/1", 3, "n1", 10, 0)
+    plain = new_version(VectorClock(), b"100", "n2", 11)
+    record = merge_versions(Record((counter,)), [plain])
+    assert set(record.versions) == {counter, plain}
+    assert record.winner() == plain
+
+
+def test_a_set_that_saw_the_counter_resets_it_and_the_next_incr_starts_from_it() -> None:
+    """SET k 5 with the counter in its context replaces it (Redis: SET resets); INCR then
+    starts a new lineage based on 5."""
+    counter = increment_version(None, "a/1", 3, "n1", 10, 0)
+    reset = new_version(version_clock(counter), b"5", "n2", 11)
+    record = merge_versions(Record((counter,)), [reset])
+    assert record.versions == (reset,)
+    again = increment_version(record, "a/1", 1, "n1", 12, 0)
+    assert again.value == b"6"
+    assert again.counter is not None and again.counter.entries == (("a/1", 1, 0),)
+
+
+def test_counters_of_different_lineages_stay_siblings() -> None:
+    """Increments on two different bases are not merged pointwise (the bases conflict):
+    they stay siblings, like the concurrent SETs they started from."""
+    base_a = Version(b"10", (("n1", 5),), 5, "n1")
+    base_b = Version(b"20", (("n2", 6),), 6, "n2")
+    one = increment_version(Record((base_a,)), "a/1", 1, "n1", 7, 0)
+    two = increment_version(Record((base_b,)), "b/1", 1, "n2", 8, 0)
+    record = merge_versions(Record((one,)), [two])
+    assert sorted(v.value for v in record.versions) == [b"11", b"21"]
+
+
+def test_deleted_or_missing_keys_start_at_zero_on_a_shared_lineage() -> None:
+    """INCR on a missing key starts at 0 (lineage with no origin) at every replica, so
+    increments two replicas start concurrently merge; after a DEL the new lineage is named
+    after the tombstone, which every replica that saw it shares."""
+    a = increment_version(None, "a/1", 2, "n1", 1, 0)
+    b = increment_version(None, "b/1", 3, "n2", 2, 0)
+    both = merge_versions(Record((a,)), [b])
+    merged = live_value(both, 0)
+    assert merged is not None and merged.value == b"5"
+    tomb = new_version(context_clock(both.versions), b"", "n3", 3, tombstone=True)
+    after_a = increment_version(Record((tomb,)), "a/1", 1, "n1", 4, 0)
+    after_b = increment_version(Record((tomb,)), "b/1", 1, "n2", 5, 0)
+    again = live_value(merge_versions(Record((after_a,)), [after_b]), 0)
+    assert again is not None and again.value == b"2"
+    assert again.counter is not None and again.counter.origin_hlc == 3
+
+
+def test_increment_keeps_the_ttl_and_an_expired_counter_never_comes_back() -> None:
+    """INCR keeps the live value's expiry; once it expired, INCR starts from 0 with no TTL,
+    and the expired counter (still held by a replica) does not merge into the new one."""
+    plain = Version(b"1", (("n1", 5),), 5, "n1", expires_at_ms=1000)
+    kept = increment_version(Record((plain,)), "a/1", 1, "n1", 6, now_ms=500)
+    assert (kept.value, kept.expires_at_ms) == (b"2", 1000)
+    fresh = increment_version(None, "b/1", 1, "n2", 7, now_ms=2000)
+    record = merge_versions(Record((kept,)), [fresh])
+    live = live_value(record, 2000)
+    assert live is not None and live.value == b"1"
+    restarted = increment_version(Record((kept,)), "a/1", 1, "n1", 8, now_ms=2000)
+    assert (restarted.value, restarted.expires_at_ms) == (b"1", 0)
+
+
+def test_increment_refuses_non_integers_and_overflow() -> None:
+    """Like Redis: a non-integer value and a result outside int64 are refused."""
+    with pytest.raises(NotAnInteger):
+        increment_version(Record((Version(b"abc", (("n1", 1),), 1, "n1"),)), "a/1", 1, "n1",
+                          2, 0)
+    top = Version(b"9223372036854775807", (("n1", 1),), 1, "n1")
+    with pytest.raises(CounterOverflow):
+        increment_version(Record((top,)), "a/1", 1, "n1", 2, 0)
+    assert increment_version(Record((top,)), "a/1", -1, "n1", 2, 0).value == (
+        b"9223372036854775806")
+
+
+def test_join_counters_takes_the_newest_stamp_and_merges_clocks() -> None:
+    """The joined version's clock descends each input and its (hlc, node) is the newest
+    input's, so it is also the last-writer winner over them."""
+    a = increment_version(None, "a/1", 1, "n1", 10, 0)
+    b = increment_version(None, "b/1", 1, "n2", 20, 0)
+    joined = join_counters([a, b])
+    assert (joined.hlc, joined.node, joined.value) == (20, "n2", b"2")
+    assert joined.clock == (("n1", 10), ("n2", 20))
+    assert join_counters([b, a]) == joined
+
+
+def test_read_reconcile_keeps_concurrent_counters_and_repair_spreads_both() -> None:
+    """The quorum read keeps two replicas' concurrent counters (the plain read counts both),
+    and a replica holding only one is stale, so read repair sends it the other."""
+    a = increment_version(None, "a/1", 1, "n1", 10, 0)
+    b = increment_version(None, "b/1", 1, "n2", 20, 0)
+    reconciled = reconcile_versions([a, b])
+    assert set(reconciled) == {a, b}
+    live = live_value(Record(tuple(reconciled)), 0)
+    assert live is not None and live.value == b"2"
+    assert replica_is_stale([a], reconciled)
+    assert not replica_is_stale(reconciled, reconciled)
+
+
+def test_a_set_that_saw_one_counter_drops_its_increments_and_keeps_the_concurrent_one() -> None:
+    """The history the lossy alternative (joining counters inside the merge) gets wrong: a
+    SET that saw counter A but not the concurrent counter B resets A only; whatever order the
+    three versions arrive in, A is gone and B stays, as a sibling of the SET."""
+    a = increment_version(None, "a/1", 5, "n1", 10, 0)
+    b = increment_version(None, "b/1", 1, "n2", 11, 0)
+    reset = new_version(version_clock(a), b"7", "n1", 12)
+    for order in ([a, b, reset], [reset, a, b], [b, reset, a]):
+        record = None
+        for version in order:
+            record = merge_versions(record, [version])
+        assert record is not None and set(record.versions) == {b, reset}

@@ -107,6 +107,23 @@ def test_counter_keeps_ttl(run: Any) -> None:
     assert run("TTL", "c") == 100
 
 
+def test_a_counter_reads_as_its_decimal_text_everywhere(run: Any) -> None:
+    """A key INCR made a counter looks like Redis's integer string to every other command:
+    GET, STRLEN, GETRANGE, TYPE; APPEND turns it into a plain string, SET resets it, and
+    INCR continues from whatever integer SET wrote."""
+    assert run("INCRBY", "c", "-120") == -120
+    assert run("GET", "c") == b"-120"
+    assert run("STRLEN", "c") == 4
+    assert run("GETRANGE", "c", "1", "-1") == b"120"
+    assert run("TYPE", "c") == SimpleString("string")
+    assert run("APPEND", "c", "5") == 5
+    assert run("INCR", "c") == -1204
+    run("SET", "c", "7")
+    assert run("INCR", "c") == 8
+    assert run("GETDEL", "c") == b"8"
+    assert run("INCR", "c") == 1
+
+
 def test_append_strlen_getrange_getdel(run: Any) -> None:
     """APPEND returns the new length; STRLEN, GETRANGE and GETDEL read as Redis does."""
     assert run("APPEND", "s", "Hello") == 5

@@ -205,6 +205,33 @@ def test_write_times_out_at_the_request_timeout(net3: Net) -> None:
     assert "reached 1 of 2 required replicas (n2 timed out, n3 timed out)" in str(failure.value)
 
 
+def test_staggered_writes_each_time_out_at_their_own_deadline(net3: Net) -> None:
+    """Requests in flight share one deadline timer: a write issued later fails at its own
+    deadline, not at the first one's, and reads are swept by the same timer."""
+    net3.faults.update(n2="hang", n3="hang")
+    first = outcome(net3["n1"].put(b"a", b"v"))
+    net3.run(0.5)
+    second = outcome(net3["n1"].put(b"b", b"v"))
+    read = outcome(net3["n1"].get(b"a"))
+    net3.run(1.51)
+    assert len(first) == 1 and isinstance(first[0], Failure)
+    assert second == [] and read == []
+    net3.run(0.5)
+    assert len(second) == 1 and isinstance(second[0], Failure)
+    assert "n2 timed out" in str(second[0].value)
+    assert len(read) == 1 and isinstance(read[0], Failure)
+
+
+def test_a_settled_coordinator_holds_no_timer(clock: Clock) -> None:
+    """Once every write settled, nothing is left scheduled for their deadlines: an idle
+    node's reactor has no timer of the coordinator's."""
+    net = Net(clock, ["n1", "n2", "n3"])
+    results = [outcome(net["n1"].put(b"k%d" % i, b"v")) for i in range(20)]
+    net.run(0.01)
+    assert all(len(r) == 1 and isinstance(r[0], Version) for r in results)
+    assert clock.getDelayedCalls() == []
+
+
 def test_consistency_one_succeeds_on_the_local_replica_alone(net3: Net) -> None:
     """ONE needs a single ack: the coordinator's own replica suffices."""
     key = net3.key_owned_by(("n1", "n2", "n3"))

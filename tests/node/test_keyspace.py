@@ -127,3 +127,52 @@ def test_load_restores_count_expiry_and_hlc(
     written = reopened.get(b"c")
     assert written is not None and written.hlc > newest.hlc
     assert reopened.keys_with_expiry() == 1
+
+
+def test_incr_by_stores_a_pn_counter_the_cluster_can_merge(keyspace: LocalKeyspace) -> None:
+    """A lone node stores INCR results as a PN-counter under its own actor id, continuing a
+    plain integer as the base; the record merges with a cluster actor's concurrent increment
+    of the same lineage into the sum, so nothing is lost once the node joins a cluster."""
+    from twistkv.core.record import Record, live_value
+    from twistkv.core.replication import increment_version, merge_versions
+
+    keyspace.set(b"c", b"10")
+    before = keyspace.record(b"c")
+    assert keyspace.incr_by(b"c", 5) is not None
+    current = keyspace.get(b"c")
+    assert current is not None and current.value == b"15"
+    assert current.counter is not None
+    assert current.counter.base == 10 and current.counter.entries == ((keyspace.actor, 5, 0),)
+    assert keyspace.actor.startswith("n1/")
+    other = increment_version(before, "n2/x", 2, "n2", 2**60, 0)
+    stored = keyspace.record(b"c")
+    assert stored is not None
+    merged = merge_versions(stored, [other])
+    assert live_value(merged, 0).value == b"17"  # type: ignore[union-attr]
+    assert merge_versions(Record((other,)), stored.versions) == merged
+
+
+def test_incr_by_refuses_without_writing_and_keeps_the_ttl(
+    keyspace: LocalKeyspace, clock: Clock
+) -> None:
+    """A non-integer value or an overflow raises CounterError and leaves the key alone; an
+    INCR keeps the key's expiry and counts a new key once."""
+    import pytest
+
+    from twistkv.core.counter import CounterError
+
+    keyspace.set(b"s", b"abc")
+    with pytest.raises(CounterError, match="not an integer"):
+        keyspace.incr_by(b"s", 1)
+    keyspace.set(b"big", b"9223372036854775807")
+    with pytest.raises(CounterError, match="overflow"):
+        keyspace.incr_by(b"big", 1)
+    assert keyspace.get(b"big").value == b"9223372036854775807"  # type: ignore[union-attr]
+    expires = int(clock.seconds() * 1000) + 5000
+    keyspace.set(b"t", b"1", expires)
+    keyspace.incr_by(b"t", 1)
+    assert keyspace.get(b"t").expires_at_ms == expires  # type: ignore[union-attr]
+    count = keyspace.key_count()
+    keyspace.incr_by(b"new", -3)
+    assert keyspace.key_count() == count + 1
+    assert keyspace.get(b"new").value == b"-3"  # type: ignore[union-attr]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from twistkv.core.record import Record, Version
+from twistkv.core.record import Record, Version, encode_record
 from twistkv.core.versioning import HybridLogicalClock, pack_hlc
 from twistkv.node.durability import GroupCommitter
 from twistkv.node.keyspace import LocalKeyspace
-from twistkv.node.replica import HintRejected, HintStore, ReplicaStore
+from twistkv.node.replica import DATA_PREFIX, HintRejected, HintStore, ReplicaStore
 from twistkv.storage.errors import StorageError
 from twistkv.storage.memory import MemoryStore
 
@@ -98,6 +98,22 @@ def test_concurrent_versions_become_siblings_and_a_descendant_replaces_them(
     replica.apply(b"k", [resolved])
     assert replica.read(b"k") == Record((resolved,))
     assert replica.stats.records == 1
+
+
+def test_apply_stores_the_callers_encoding_only_when_it_is_the_merged_record(
+    replica: ReplicaStore, store: MemoryStore
+) -> None:
+    """A coordinator's own encoding of the incoming version is stored as is when that version
+    supersedes what is stored; when siblings remain, the merged record is encoded afresh."""
+    a = version(b"a", "a", 1, hlc=1)
+    marker = encode_record(Record((a,)))
+    replica.apply(b"k", [a], encoded=marker)
+    assert store.get(DATA_PREFIX + b"k") is marker
+    b = version(b"b", "b", 1, hlc=2)
+    replica.apply(b"k", [b], encoded=encode_record(Record((b,))))
+    record = replica.read(b"k")
+    assert record is not None and set(record.versions) == {a, b}
+    assert store.get(DATA_PREFIX + b"k") == encode_record(Record(record.versions))
 
 
 def test_load_counts_records_and_finds_the_newest_hlc(
@@ -248,3 +264,30 @@ def test_layout_constants_match_the_single_node_keyspace() -> None:
 
     assert replica.DATA_PREFIX == keyspace.DATA_PREFIX
     assert cluster.KEEP_TTL == keyspace.KEEP_TTL
+
+
+def test_concurrent_counters_merge_on_apply_and_in_hints(
+    replica: ReplicaStore, hints: HintStore
+) -> None:
+    """A replica (and a stand-in's hint) receiving two concurrent increments of one counter
+    keeps both, and a read counts both; a duplicate changes nothing; the next increment
+    supersedes both, leaving one version."""
+    from twistkv.core.record import live_value
+    from twistkv.core.replication import increment_version
+
+    a = increment_version(None, "n1/x", 2, "n1", 10, 0)
+    b = increment_version(None, "n2/y", 3, "n2", 20, 0)
+    replica.apply(b"k", (a,))
+    replica.apply(b"k", (b,))
+    record = replica.read(b"k")
+    assert record is not None and set(record.versions) == {a, b}
+    assert live_value(record, 0).value == b"5"  # type: ignore[union-attr]
+    replica.apply(b"k", (a, b))
+    assert replica.stats.unchanged == 1
+    after = increment_version(record, "n1/x", 1, "n1", 30, 0)
+    replica.apply(b"k", (after,))
+    assert replica.read(b"k") == Record((after,)) and after.value == b"6"
+    hints.add("n3", b"k", (a,))
+    hints.add("n3", b"k", (b,))
+    (hint,) = hints.pending_for("n3")
+    assert live_value(hint.record, 0).value == b"5"  # type: ignore[union-attr]

@@ -14,16 +14,23 @@ Encoding (all integers big-endian)::
                clock_len(u16) (node(str8) counter(u64))* value_len(u32) value
     str8    := len(u8) utf-8 bytes
 
-flags bit 0 = tombstone; bits 1-7 must be zero (reserved for value kinds such
-as counters), so an old node refuses a record it cannot understand instead of
-misreading it.
+flags bit 0 = tombstone; bit 1 = counter: the value bytes are a PN-counter
+state (L{twistkv.core.counter}), and the decoded L{Version} carries it as
+C{counter} with C{value} set to its decimal text, so that GET, STRLEN,
+GETRANGE and APPEND see what Redis would show. A counter is never a
+tombstone. Bits 2-7 must be zero (reserved for further value kinds), so an old
+node refuses a record it cannot understand instead of misreading it. Records
+written before counters existed decode unchanged (the format byte stays 1).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import NamedTuple
+
+from twistkv.core.counter import CounterFormatError, PNCounter, decode_counter, encode_counter
 
 __all__ = [
     "CorruptRecordError",
@@ -31,6 +38,8 @@ __all__ = [
     "Record",
     "encode_record",
     "decode_record",
+    "counter_lineage",
+    "join_counters",
     "live_value",
 ]
 
@@ -44,6 +53,7 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _TOMBSTONE = 0x01
+_COUNTER = 0x02
 
 
 class CorruptRecordError(ValueError):
@@ -69,6 +79,9 @@ class Version(NamedTuple):
     node: str = ""
     expires_at_ms: int = 0
     tombstone: bool = False
+    #: The PN-counter state when this version is a counter (INCR family); C{value} is then
+    #: its decimal text. None for plain values and tombstones.
+    counter: PNCounter | None = None
 
     def expired(self, now_ms: int) -> bool:
         """Whether this version has passed its expiry at ``now_ms``."""
@@ -95,13 +108,61 @@ class Record(NamedTuple):
 
 
 def live_value(record: Record | None, now_ms: int) -> Version | None:
-    """The version a plain read returns, or None when deleted, expired or absent."""
+    """The version a plain read returns, or None when deleted, expired or absent.
+
+    When the last-writer winner is a counter, concurrent counters of its lineage are not
+    rival writes but parts of one count: the answer is their join (L{join_counters}).
+    """
     if record is None:
         return None
     winner = record.winner()
     if winner is None or not winner.visible(now_ms):
         return None
+    if winner.counter is not None and len(record.versions) > 1:
+        lineage = counter_lineage(winner)
+        same = [v for v in record.versions if counter_lineage(v) == lineage]
+        if len(same) > 1:
+            return join_counters(same)
     return winner
+
+
+def counter_lineage(version: Version) -> tuple[object, ...] | None:
+    """What two counter versions must share to count as one counter: the counter's lineage
+    (its base and the version it came from, L{PNCounter.lineage}) and the expiry it
+    inherited; None for plain values and tombstones.
+
+    The expiry is part of it so that a counter that expired (still held by a replica that has
+    not collected it) never adds to a new counter started after it.
+    """
+    counter = version.counter
+    if counter is None:
+        return None
+    return (counter.lineage, version.expires_at_ms)
+
+
+def join_counters(versions: Sequence[Version]) -> Version:
+    """One counter version that counts every one of C{versions} (all of one lineage).
+
+    The state is the PN-counter join, the clock the merge of the clocks, and the HLC stamp,
+    writer and expiry are those of the newest input by C{(hlc, node)}; each part is a
+    semilattice join, so the result does not depend on order or repetition.
+    """
+    newest = max(versions, key=lambda v: (v.hlc, v.node))
+    counter = newest.counter
+    if counter is None:
+        raise ValueError("join_counters needs counter versions")
+    clocks: dict[str, int] = {}
+    for version in versions:
+        if version.counter is None:
+            raise ValueError("join_counters needs counter versions")
+        counter = counter.join(version.counter)
+        for node_id, tick in version.clock:
+            if tick > clocks.get(node_id, 0):
+                clocks[node_id] = tick
+    return Version(
+        str(counter.value()).encode("ascii"), tuple(sorted(clocks.items())), newest.hlc,
+        newest.node, newest.expires_at_ms, False, counter,
+    )
 
 
 @lru_cache(maxsize=1024)
@@ -118,13 +179,19 @@ def encode_record(record: Record) -> bytes:
     versions = record.versions
     parts = [_HEAD.pack(FORMAT, len(versions))]
     append = parts.append
-    for value, clock, hlc, node, expires_at_ms, tombstone in versions:
-        append(_VERSION_FIXED.pack(_TOMBSTONE if tombstone else 0, hlc, expires_at_ms))
+    for value, clock, hlc, node, expires_at_ms, tombstone, counter in versions:
+        if counter is not None:
+            if tombstone:
+                raise ValueError("a counter version cannot be a tombstone")
+            value = encode_counter(counter)
+            append(_VERSION_FIXED.pack(_COUNTER, hlc, expires_at_ms))
+        else:
+            append(_VERSION_FIXED.pack(_TOMBSTONE if tombstone else 0, hlc, expires_at_ms))
         append(_str8(node))
         append(_U16.pack(len(clock)))
-        for clock_node, counter in clock:
+        for clock_node, tick in clock:
             append(_str8(clock_node))
-            append(_U64.pack(counter))
+            append(_U64.pack(tick))
         append(_U32.pack(len(value)))
         append(value)
     return b"".join(parts)
@@ -145,7 +212,7 @@ def decode_record(data: bytes) -> Record:
         versions = []
         for _ in range(count):
             flags, hlc, expires, node_len = _VERSION_HEAD.unpack_from(data, offset)
-            if flags & ~_TOMBSTONE:
+            if flags > _TOMBSTONE and flags != _COUNTER:
                 raise CorruptRecordError(f"unknown record flags {flags:#x}")
             offset += 18
             end = offset + node_len
@@ -164,12 +231,16 @@ def decode_record(data: bytes) -> Record:
             end = offset + value_len
             if end > len(data):
                 raise CorruptRecordError("record value truncated")
-            versions.append(
-                _tuple_new(
-                    Version,
-                    (data[offset:end], tuple(clock), hlc, node, expires, flags == _TOMBSTONE),
+            if flags == _COUNTER:
+                versions.append(_counter_version(data[offset:end], clock, hlc, node, expires))
+            else:
+                versions.append(
+                    _tuple_new(
+                        Version,
+                        (data[offset:end], tuple(clock), hlc, node, expires,
+                         flags == _TOMBSTONE, None),
+                    )
                 )
-            )
             offset = end
         if offset != len(data):
             raise CorruptRecordError(f"{len(data) - offset} trailing bytes after record")
@@ -178,6 +249,18 @@ def decode_record(data: bytes) -> Record:
         raise CorruptRecordError(f"record truncated: {exc}") from None
     except UnicodeDecodeError as exc:
         raise CorruptRecordError(f"record node id is not UTF-8: {exc}") from None
+
+
+def _counter_version(
+    raw: bytes, clock: list[tuple[str, int]], hlc: int, node: str, expires: int
+) -> Version:
+    """A decoded counter version: its state, and its value as decimal text."""
+    try:
+        counter = decode_counter(raw)
+    except CounterFormatError as exc:
+        raise CorruptRecordError(f"bad counter: {exc}") from None
+    value = str(counter.value()).encode("ascii")
+    return _tuple_new(Version, (value, tuple(clock), hlc, node, expires, False, counter))
 
 
 def single_writer_block(node: str) -> bytes:
@@ -208,3 +291,29 @@ def encode_single_writer(block: bytes, value: bytes, hlc: int, expires_at_ms: in
         _U32.pack(len(value)),
         value,
     ))
+
+
+#: The counter and value length that follow a single-writer block.
+_SINGLE_TAIL = struct.Struct(">QI")
+#: Defaults of the Version fields after C{tombstone}, for building one without C{__new__}.
+_VERSION_REST = tuple(Version._field_defaults[f] for f in Version._fields[6:])
+
+
+def own_plain_version(raw: bytes, block: bytes, node: str) -> Version | None:
+    """Decode C{raw} if it is one plain (not tombstone, not counter) version clocked by
+    C{node} alone (C{block} from L{single_writer_block}); None means use L{decode_record}.
+
+    A lone node's records nearly all have this shape, so its GET reads the few
+    fixed-offset fields it needs instead of walking the general format.
+    """
+    tail = 20 + len(block)
+    if raw[:4] != b"\x01\x00\x01\x00" or raw[20:tail] != block:
+        return None
+    _, hlc, expires_at_ms = _VERSION_FIXED.unpack_from(raw, 3)
+    counter, size = _SINGLE_TAIL.unpack_from(raw, tail)
+    start = tail + 12
+    if start + size != len(raw):
+        return None  # damaged: decode_record reports it
+    return _tuple_new(
+        Version, (raw[start:], ((node, counter),), hlc, node, expires_at_ms, False, *_VERSION_REST)
+    )

@@ -33,6 +33,27 @@ nodes (or by one node that holds a stale or no copy) produce siblings; plain ``G
 last-writer (HLC) winner among them, and the next write whose context covers every sibling (any
 write coordinated by a replica that has seen them, or one carrying a read's context) resolves
 them.
+
+Counters: concurrent versions are siblings in storage, one value when read
+-----------------------------------------------------------------------------
+
+A version may be a PN-counter (``Version.counter``, see ``twistkv.core.counter``). Storage
+treats counter versions like any other: `merge_versions` keeps exactly the versions no other
+supersedes, so concurrent increments by different actors are kept side by side, as siblings,
+by every path where versions meet (replica writes, read reconcile and repair, hints,
+anti-entropy, range streaming). Reading joins them: ``record.live_value`` returns, for a
+counter winner, the PN-counter join of every surviving counter of its *lineage* (same base,
+origin and expiry), so GET counts every concurrent increment. The next increment
+(`increment_version`) starts from that join and supersedes all of them, collapsing the
+siblings into one version.
+
+Why not join counters inside the merge itself: the join is lossy. A ``SET`` that saw one
+counter version (and so reset its increments) but not a concurrent one must drop the first
+and keep the second; once a replica had joined the two, neither could be told apart, and the
+result of a merge would depend on the order versions arrived in (we found exactly this with
+the history-based property test in ``tests/core/test_replication.py``). Keeping siblings
+until an actor supersedes them keeps the merge a pure function of the set of versions
+(commutative, associative, idempotent), and a reset drops exactly the increments it saw.
 """
 
 from __future__ import annotations
@@ -40,13 +61,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from twistkv.core.counter import INT64_MAX, INT64_MIN, CounterOverflow, PNCounter, parse_int64
 from twistkv.core.quorum import ConsistencyLevel, Replica
-from twistkv.core.record import Record, Version
+from twistkv.core.record import Record, Version, live_value
 from twistkv.core.versioning import VectorClock, hlc_physical_ms, reconcile, stale
 
 __all__ = [
     "collectable",
     "context_clock",
+    "increment_version",
     "merge_versions",
     "new_version",
     "next_stand_in",
@@ -77,9 +100,10 @@ class _Clocked:
     version: Version
 
 
-def _identity(version: Version) -> tuple[int, str, tuple[tuple[str, int], ...], bool, int, bytes]:
+def _identity(version: Version) -> tuple[object, ...]:
     """A total order on versions, so that a choice among EQUAL clocks never depends on input
     order (which would make merging non-commutative)."""
+    counter = version.counter
     return (
         version.hlc,
         version.node,
@@ -87,6 +111,7 @@ def _identity(version: Version) -> tuple[int, str, tuple[tuple[str, int], ...], 
         version.tombstone,
         version.expires_at_ms,
         version.value,
+        () if counter is None else tuple(counter),
     )
 
 
@@ -112,6 +137,58 @@ def reconcile_versions(versions: Iterable[Version]) -> list[Version]:
     ordered = sorted(versions, key=_identity, reverse=True)
     kept = reconcile(_Clocked(version_clock(v), v.hlc, v.node, v) for v in ordered)
     return [clocked.version for clocked in kept]
+
+
+# -- counters (PN-counter CRDT; see twistkv.core.counter) --------------------------------------
+
+
+def increment_version(
+    record: Record | None,
+    actor: str,
+    delta: int,
+    node_id: str,
+    hlc_ts: int,
+    now_ms: int,
+) -> Version:
+    """The counter version an actor stores after adding C{delta} to what it holds locally.
+
+    The caller (the actor replica, or a lone node) reads its own record, calls this and
+    stores the result in one reactor turn, so the read-modify-write of its own entry is
+    atomic. The new version descends every version in C{record} (like any write with the full
+    local context) and continues the counter a plain GET sees:
+
+     - the live winner is a counter: its lineage continues, joined with every concurrent
+       counter of that lineage the record holds (L{live_value}), and C{delta} goes to
+       C{actor}'s entry; the new version supersedes them all, so they collapse into one;
+     - the live winner is a plain value: it must be a decimal int64 (else L{NotAnInteger});
+       a new lineage starts with it as the base, named after that version;
+     - no live value (absent, deleted, expired): a new lineage starts at 0, named after the
+       winner that hid it (a tombstone, an expired value) or C{(0, "")} when there is none,
+       so that increments two actors start on the same missing key merge.
+
+    The expiry of the live value is kept (Redis keeps a key's TTL across INCR).
+
+    @raise NotAnInteger: the live value is not an integer.
+    @raise CounterOverflow: the new value would leave int64 (nothing is stored).
+    """
+    versions = record.versions if record is not None else ()
+    live = live_value(record, now_ms) if versions else None
+    if live is not None and live.counter is not None:
+        current = live.counter  # already the join of the winner's lineage (live_value)
+        expires = live.expires_at_ms
+    elif live is not None:
+        current = PNCounter(parse_int64(live.value), live.hlc, live.node)
+        expires = live.expires_at_ms
+    else:
+        winner = record.winner() if record is not None else None
+        current = PNCounter(0, winner.hlc, winner.node) if winner is not None else PNCounter()
+        expires = 0
+    counter = current.add(actor, delta)
+    value = counter.value()
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise CounterOverflow()
+    plain = new_version(context_clock(versions), b"", node_id, hlc_ts, expires)
+    return plain._replace(value=str(value).encode("ascii"), counter=counter)
 
 
 def merge_versions(stored: Record | None, incoming: Iterable[Version]) -> Record:

@@ -81,6 +81,7 @@ from twistkv.core.transfers import (
 from twistkv.core.versioning import HybridLogicalClock
 from twistkv.node.antientropy import AE_VERBS, AntiEntropy
 from twistkv.node.coordinator import REPLICA_VERBS, Coordinator, HintDelivery, ReadResult
+from twistkv.node.counters import COUNTER_VERBS, CounterService
 from twistkv.node.gossip import MembershipService
 from twistkv.node.peer import (
     EndpointFactory,
@@ -327,7 +328,13 @@ class ClusterRuntime:
             ready_provider=self._ready,
         )
         self.router.route(AE_VERBS, self.antientropy.handle)
-        self.keyspace = ClusterKeyspace(self.coordinator)
+        self.counters = CounterService(
+            self.coordinator, pool=self.pool, ring_provider=lambda: self._ring,
+            alive_provider=self.is_alive, address_provider=self.address_of,
+            ready_provider=self._ready,
+        )
+        self.router.route(COUNTER_VERBS, self.counters.handle)
+        self.keyspace = ClusterKeyspace(self.coordinator, self.counters)
         self._gc = LoopingCall(self._collect_garbage)
         self._gc.clock = reactor
         self._unsubscribe: Callable[[], None] | None = None
@@ -447,6 +454,7 @@ class ClusterRuntime:
             "hints_discarded": delivery.discarded,
             **self.antientropy.stats_dict(),
             **self.rebalancer.stats_dict(),
+            **self.counters.stats,
         }
 
     def _answer_stats(self, peer_node_id: str, frame: Frame) -> Frame:
@@ -508,6 +516,7 @@ class ClusterRuntime:
             self._unsubscribe()
             self._unsubscribe = None
         self.coordinator.shutdown()
+        self.counters.shutdown()
         self.delivery.stop()
         self.antientropy.stop()
         self.rebalancer.stop()
@@ -605,7 +614,12 @@ class ClusterRuntime:
         self.membership_service.join_through([seed_address])
 
     def drop_records(self, keys: Sequence[bytes]) -> None:
-        """Delete records this node no longer replicates (rebalancing cleanup)."""
+        """Delete records this node no longer replicates (rebalancing cleanup).
+
+        Counter entries of this node may be among them: should a key come back here, its
+        copy could be older than what this node published, so it will act under a new id.
+        """
+        self.counters.records_dropped(self._ring)
         self._committer.commit([(DATA_PREFIX + key, None) for key in keys])
         self.replica.stats.records -= len(keys)
 
@@ -642,13 +656,17 @@ class ClusterKeyspace:
      - Read-modify-write commands (C{delete}, C{set_expiry}, C{KEEP_TTL}) read at the given
        consistency, then write with the read's context, so they resolve siblings; they are
        not isolated from a concurrent writer (that one becomes a sibling, never lost).
+     - C{incr_by} (INCR family) is a PN-counter increment applied by one replica and
+       replicated (L{twistkv.node.counters}): concurrent increments merge, none is lost.
      - C{key_count}, C{scan} and C{iter_keys} see this node's replica only.
      - Expired values are invisible at once; the replica's collector removes them after the
        tombstone grace period, so C{expire_due} has nothing to do.
     """
 
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, counters: CounterService | None = None
+                 ) -> None:
         self._coordinator = coordinator
+        self._counters = counters
         self.expired_keys = 0
 
     def now_ms(self) -> int:
@@ -738,6 +756,16 @@ class ClusterKeyspace:
 
         return coordinator.get(key, consistency).addCallback(change)
 
+    def incr_by(self, key: bytes, delta: int, consistency: ConsistencyLevel | None = None
+                ) -> Deferred[int]:
+        """INCRBY as a PN-counter increment (L{twistkv.node.counters}): fires with the new
+        value once W replicas hold it. Concurrent increments through any nodes all count.
+        Fails with L{twistkv.node.counters.IncrementUnavailable} (saying whether the
+        increment counts), L{twistkv.core.counter.CounterError} or L{KeyTooLong}."""
+        if self._counters is None:
+            return fail(NotSupported("INCR needs the cluster's counter service"))
+        return self._counters.increment(key, delta, consistency)
+
     def flush(self) -> Deferred[None]:
         """FLUSHDB is refused in cluster mode: it would need a tombstone for every key."""
         return fail(NotSupported("FLUSHDB is not supported in cluster mode"))
@@ -818,7 +846,8 @@ class ConsistencyView:
     (key counts, expiry housekeeping, the clock) is the keyspace's own.
     """
 
-    _BOUND = frozenset({"record", "get", "exists", "set", "set_many", "delete", "set_expiry"})
+    _BOUND = frozenset({"record", "get", "exists", "set", "set_many", "delete", "set_expiry",
+                        "incr_by"})
 
     def __init__(self, keyspace: ClusterKeyspace, consistency: ConsistencyLevel) -> None:
         self._keyspace = keyspace

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistkv import __version__
+from twistkv.core.counter import CounterError
 from twistkv.core.glob import compile_glob
 from twistkv.core.quorum import ConsistencyLevel
 from twistkv.core.record import Version
@@ -398,6 +399,14 @@ def refused_in_multi(command: Command) -> Error:
 
 
 def cmd_get(session: ClientSession, args: list[bytes]) -> Any:
+    found = session.keyspace.get(args[1])
+    # A local read answers at once: no closure, no Deferred (the hot path).
+    if found is None:
+        session.context.stats.keyspace_misses += 1
+        return None
+    if type(found) is Version:
+        session.context.stats.keyspace_hits += 1
+        return found.value
     stats = session.context.stats
 
     def answer(version: Version | None) -> bytes | None:
@@ -407,12 +416,20 @@ def cmd_get(session: ClientSession, args: list[bytes]) -> Any:
         stats.keyspace_hits += 1
         return version.value
 
-    return _then(session.keyspace.get(args[1]), answer)
+    return _then(found, answer)
+
+
+def _ok(_: object) -> SimpleString:
+    return OK
 
 
 def cmd_set(session: ClientSession, args: list[bytes]) -> Any:
     key, value = args[1], args[2]
-    _check_value(session, value)
+    if len(value) > session.context.config.max_value_bytes:
+        _check_value(session, value)
+    if len(args) == 3:  # plain SET, the hot path
+        wait = session.keyspace.set(key, value)
+        return OK if wait is None else wait.addCallback(_ok)
     nx = xx = get = False
     expires_at = 0
     expiry_given = False
@@ -591,24 +608,25 @@ def cmd_getrange(session: ClientSession, args: list[bytes]) -> Any:
 
 
 def _incr_by(session: ClientSession, key: bytes, delta: int) -> Any:
-    keyspace = session.keyspace
+    """INCR/DECR/INCRBY/DECRBY: a PN-counter increment (docs/consistency.md, INCR family).
 
-    def increment(current: Version | None) -> Any:
-        base = 0 if current is None else _int_value(current.value)
-        result = base + delta
-        if not INT64_MIN <= result <= INT64_MAX:
-            raise CommandError("ERR increment or decrement would overflow")
-        expires = KEEP_TTL if current is not None else 0
-        return _after(keyspace.set(key, str(result).encode(), expires), result)
-
-    return _then(keyspace.get(key), increment)
-
-
-def _int_value(value: bytes) -> int:
+    Not a read-then-write: the keyspace applies C{delta} to its own counter entry, so
+    concurrent increments through different nodes all count.
+    """
     try:
-        return _int(value)
-    except CommandError:
-        raise CommandError("ERR value is not an integer or out of range") from None
+        result = session.keyspace.incr_by(key, delta)
+    except CounterError as error:
+        raise CommandError(str(error)) from None
+    if isinstance(result, Deferred):
+        return result.addErrback(_counter_error)
+    return result
+
+
+def _counter_error(failure: Failure) -> Failure:
+    """A counter refusal (not an integer, overflow) is the client's error, as in Redis."""
+    if isinstance(failure.value, CounterError):
+        raise CommandError(str(failure.value))
+    return failure
 
 
 def cmd_incr(session: ClientSession, args: list[bytes]) -> Any:
@@ -1270,11 +1288,11 @@ COMMANDS: dict[str, Command] = _table([
     ("MSETNX", -3, "write", cmd_msetnx, "string", "key value [key value ...]", "Write several keys only if none exists.", PAIRS),
     ("APPEND", 3, "write fast", cmd_append, "string", "key value", "Append to a value; answers the new length.", ONE_KEY),
     ("STRLEN", 2, "readonly fast", cmd_strlen, "string", "key", "Length of a value in bytes.", ONE_KEY),
-    ("INCR", 2, "write fast", cmd_incr, "string", "key", "Add 1 to an integer value.", ONE_KEY),
+    ("INCR", 2, "write fast", cmd_incr, "string", "key", "Add 1 to an integer value (a counter: concurrent INCRs all count; not idempotent, see docs/consistency.md).", ONE_KEY),
     ("DECR", 2, "write fast", cmd_decr, "string", "key", "Subtract 1 from an integer value.", ONE_KEY),
     ("INCRBY", 3, "write fast", cmd_incrby, "string", "key increment", "Add to an integer value.", ONE_KEY),
     ("DECRBY", 3, "write fast", cmd_decrby, "string", "key decrement", "Subtract from an integer value.", ONE_KEY),
-    ("INCRBYFLOAT", 3, "write fast", cmd_incrbyfloat, "string", "key increment", "Add to a floating-point value.", ONE_KEY),
+    ("INCRBYFLOAT", 3, "write fast", cmd_incrbyfloat, "string", "key increment", "Add to a floating-point value (read-then-write: concurrent ones may be lost).", ONE_KEY),
     ("DEL", -2, "write", cmd_del, "keyspace", "key [key ...]", "Delete keys; answers how many existed.", ALL_KEYS),
     ("UNLINK", -2, "write fast", cmd_del, "keyspace", "key [key ...]", "Same as DEL.", ALL_KEYS),
     ("EXISTS", -2, "readonly fast", cmd_exists, "keyspace", "key [key ...]", "Count how many of the keys exist.", ALL_KEYS),

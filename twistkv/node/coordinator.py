@@ -9,7 +9,8 @@ Any node coordinates any key. The decisions are made by the sans-IO pieces:
    sloppy-quorum stand-ins.
 
 This module only sends frames, applies local writes in-process (no network hop to self), and
-runs timers. What each outcome means for a user's data is written down in
+runs timers: one for the deadlines of every request in flight (L{Coordinator._track}), not one
+per request. What each outcome means for a user's data is written down in
 C{docs/consistency.md}; the frames are C{docs/peer-protocol.md} §5.2.
 
 Sloppy quorum, as implemented here
@@ -30,6 +31,7 @@ test-case-name: tests.node.test_coordinator
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -256,8 +258,11 @@ class _Write:
     #: Node -> why it did not ack, for the error message.
     reasons: dict[str, str] = field(default_factory=dict)
     tried: set[str] = field(default_factory=set)
-    timer: IDelayedCall | None = None
+    #: Whether the deadline sweep still watches it (L{Coordinator._track}).
+    timed: bool = False
     expired: bool = False
+    #: The request frame shared by every target that is not a stand-in (built on first use).
+    frame: Frame | None = None
 
 
 @dataclass(eq=False)
@@ -266,9 +271,14 @@ class _Read:
     coordination: ReadCoordination[Version]
     result: Deferred[ReadResult]
     wait_for_all: bool
+    id: int = 0
+    deadline: float = 0.0
     tried: set[str] = field(default_factory=set)
-    timer: IDelayedCall | None = None
+    #: Whether the deadline sweep still watches it (L{Coordinator._track}).
+    timed: bool = False
     repaired: bool = False
+    #: The GET frame, shared by every replica asked.
+    frame: Frame | None = None
 
 
 def _describe(failure: Failure | BaseException) -> str:
@@ -293,8 +303,12 @@ def _nack(reason: str, message: str) -> Frame:
     return Frame("NACK", 0, {"reason": reason, "message": quote(message)})
 
 
+#: Frames are immutable and the adapter sends answers under the request's id: one ACK serves.
+_ACK = Frame("ACK", 0)
+
+
 def _ack(_: object = None) -> Frame:
-    return Frame("ACK", 0)
+    return _ACK
 
 
 # -- the coordinator ------------------------------------------------------------------------
@@ -348,6 +362,8 @@ class Coordinator:
         self.replica = replica
         self.hints = hints
         self._pool = pool
+        # The pool's Deferred-free call() when it has one (PeerClientPool does).
+        self._call: Callable[..., None] = getattr(pool, "call", None) or self._call_via_request
         self._ring = ring_provider
         self._alive = alive_provider
         self._address = address_provider
@@ -366,6 +382,14 @@ class Coordinator:
         self.stats = CoordinatorStats()
         self._ids = itertools.count(1)
         self._stopped = False
+        #: Requests in flight by id, and a min-heap of (deadline, id) with lazy deletion:
+        #: one DelayedCall for all of them instead of one per request (L{_track}).
+        self._timed: dict[int, _Write | _Read] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._sweep_call: IDelayedCall | None = None
+        self._sweep_at = 0.0
+        #: Node -> Replica(node): the targets of a write whose owners are all alive.
+        self._owner_targets: dict[str, Replica] = {}
 
     def shutdown(self) -> None:
         """Refuse new requests and peer writes; requests in flight finish without failover.
@@ -398,8 +422,75 @@ class Coordinator:
             return None
         return QuorumUnavailable(operation, 0, required, (), {}, note=note)
 
+    def _call_via_request(
+        self, address: str, frame: Frame, timeout: float, callback: Callable[..., object],
+        errback: Callable[..., object], *args: object,
+    ) -> None:
+        self._pool.request(address, frame, timeout).addCallbacks(
+            callback, errback, callbackArgs=args, errbackArgs=args)
+
     def _remaining(self, deadline: float) -> float:
         return max(deadline - self._reactor.seconds(), 0.001)
+
+    # -- deadlines -------------------------------------------------------------------------
+
+    def _track(self, request: _Write | _Read, deadline: float) -> None:
+        """Expire C{request} at C{deadline} unless L{_untrack}ed before.
+
+        A DelayedCall per request costs the reactor a heap push and a cancellation on
+        every write; here requests wait in a heap of our own and one call is armed for the
+        earliest deadline, as L{twistkv.core.peerwire.PendingRequests} does per connection.
+        """
+        request.timed = True
+        self._timed[request.id] = request
+        heapq.heappush(self._deadlines, (deadline, request.id))
+        call = self._sweep_call
+        if call is None or deadline < self._sweep_at:
+            if call is not None:
+                call.cancel()
+            self._sweep_at = deadline
+            # deadline is now + request_timeout: pass the timeout itself, as a per-request
+            # callLater did, so that rounding cannot move the deadline.
+            self._sweep_call = self._reactor.callLater(self.request_timeout, self._sweep)
+
+    def _untrack(self, request: _Write | _Read) -> None:
+        """The request needs its deadline no more (it settled)."""
+        request.timed = False
+        timed = self._timed
+        if timed.pop(request.id, None) is None:
+            return
+        if not timed:
+            # Idle: hold no timer and no stale heap entries.
+            self._deadlines.clear()
+            if self._sweep_call is not None:
+                self._sweep_call.cancel()
+                self._sweep_call = None
+        elif len(self._deadlines) > 2 * len(timed) + 64:
+            self._deadlines = [entry for entry in self._deadlines if entry[1] in timed]
+            heapq.heapify(self._deadlines)
+
+    def _sweep(self) -> None:
+        """The earliest deadline passed: expire every request due, re-arm for the next."""
+        self._sweep_call = None
+        # The call was set for _sweep_at; float rounding must not make it miss that deadline.
+        now = max(self._reactor.seconds(), self._sweep_at)
+        heap, timed = self._deadlines, self._timed
+        due: list[_Write | _Read] = []
+        while heap and heap[0][0] <= now:
+            request = timed.pop(heapq.heappop(heap)[1], None)
+            if request is not None:
+                request.timed = False
+                due.append(request)
+        while heap and heap[0][1] not in timed:
+            heapq.heappop(heap)
+        if heap:
+            self._sweep_at = heap[0][0]
+            self._sweep_call = self._reactor.callLater(max(0.0, self._sweep_at - now), self._sweep)
+        for request in due:
+            if isinstance(request, _Write):
+                self._write_deadline(request)
+            else:
+                self._read_deadline(request)
 
     def _mint(
         self, key: bytes, value: bytes, expires_at_ms: int, context: VectorClock | None,
@@ -446,9 +537,18 @@ class Coordinator:
         """Write a tombstone (a versioned delete); fires with it once W replicas acknowledged."""
         return self._write(key, b"", consistency, 0, context, tombstone=True)
 
+    def replicate(
+        self, key: bytes, version: Version, consistency: ConsistencyLevel | None = None
+    ) -> Deferred[Version]:
+        """Write a version minted elsewhere (a counter increment, L{twistkv.node.counters})
+        exactly like L{put} writes its own: same targets, stand-ins, hints and quorum."""
+        return self._write(key, version.value, consistency, version.expires_at_ms, None,
+                           tombstone=False, minted=version)
+
     def _write(
         self, key: bytes, value: bytes, consistency: ConsistencyLevel | None,
         expires_at_ms: int, context: VectorClock | None, tombstone: bool,
+        minted: Version | None = None,
     ) -> Deferred[Version]:
         try:
             self._check_key(key)
@@ -456,7 +556,9 @@ class Coordinator:
             return fail(error)
         self.stats.writes += 1
         ring = self._ring()
-        preference = ring.preference_list(key, self.n)
+        # One hash for the preference list and the fallbacks (the ring memoizes the walk).
+        successors = ring.preference_list_for_token(ring.token(key), len(ring.nodes))
+        preference = successors[:self.n]
         required = required_replies(consistency, max(len(preference), 1), self.default_w)
         refusal = self._not_serving("write", required, len(preference))
         if refusal is not None:
@@ -472,10 +574,19 @@ class Coordinator:
             # at least W acks among the old owners and at least W among the new ones.
             self.stats.pending_writes += 1
             required += len(pending)
-        version = self._mint(key, value, expires_at_ms, context, tombstone)
-        fallbacks = tuple(node for node in ring.fallback_nodes(key, self.n)
-                          if node not in pending)
-        targets = plan_write_targets(preference + pending, fallbacks, self._is_alive)
+        version = (minted if minted is not None
+                   else self._mint(key, value, expires_at_ms, context, tombstone))
+        fallbacks = successors[self.n:]
+        if pending:
+            fallbacks = tuple(node for node in fallbacks if node not in pending)
+        is_alive = self._is_alive
+        if not pending and all(map(is_alive, preference)):
+            # plan_write_targets' answer when every owner is alive: the owners themselves.
+            owner_targets = self._owner_targets
+            targets = [owner_targets.get(node) or self._owner_target(node)
+                       for node in preference]
+        else:
+            targets = plan_write_targets(preference + pending, fallbacks, is_alive)
         deadline = self._reactor.seconds() + self.request_timeout
         write_id = next(self._ids)
         write = _Write(
@@ -489,10 +600,14 @@ class Coordinator:
         for target in targets:
             if target.hinted_for is not None:
                 write.reasons[target.hinted_for] = "down"
-        write.timer = self._reactor.callLater(self.request_timeout, self._write_deadline, write)
+        self._track(write, deadline)
         for target in targets:
             self._send_write(write, target)
         return write.result
+
+    def _owner_target(self, node: str) -> Replica:
+        target = self._owner_targets[node] = Replica(node)
+        return target
 
     def _send_write(self, write: _Write, target: Replica) -> None:
         node = target.node
@@ -502,7 +617,8 @@ class Coordinator:
                 if target.hinted_for is not None:
                     wait = self.hints.add(target.hinted_for, write.key, (write.version,))
                 else:
-                    wait = self.replica.apply(write.key, (write.version,))
+                    wait = self.replica.apply(write.key, (write.version,),
+                                              encoded=write.payload)
             except (StorageError, HintRejected) as error:
                 self._write_failed(write, target, _describe(error))
                 return
@@ -518,22 +634,23 @@ class Coordinator:
         if address is None:
             self._write_failed(write, target, "address unknown")
             return
-        fields = {"key": quote(write.key)}
         if target.hinted_for is not None:
-            fields["hint_for"] = quote(target.hinted_for)
-        frame = Frame(write.verb, 0, fields, write.payload)
+            frame = Frame(write.verb, 0, {"key": quote(write.key),
+                                          "hint_for": quote(target.hinted_for)}, write.payload)
+        else:
+            frame = write.frame
+            if frame is None:
+                frame = write.frame = Frame(write.verb, 0, {"key": quote(write.key)},
+                                            write.payload)
         timeout = self._remaining(write.deadline)
-        owner = target.hinted_for or node
-        used = write.tried | {r.node for r in write.slots.values()}
-        if next_stand_in(owner, write.fallbacks, used, self._is_alive) is not None:
-            # Give up early only if a stand-in can take over; otherwise a slow replica may
-            # still make the deadline.
-            timeout = min(self.replica_timeout, timeout)
-        request = self._pool.request(address, frame, timeout)
-        request.addCallbacks(
-            self._write_answer, self._write_error,
-            callbackArgs=(write, target), errbackArgs=(write, target),
-        )
+        if write.fallbacks:
+            owner = target.hinted_for or node
+            used = write.tried | {r.node for r in write.slots.values()}
+            if next_stand_in(owner, write.fallbacks, used, self._is_alive) is not None:
+                # Give up early only if a stand-in can take over; otherwise a slow replica
+                # may still make the deadline.
+                timeout = min(self.replica_timeout, timeout)
+        self._call(address, frame, timeout, self._write_answer, self._write_error, write, target)
 
     def _write_answer(self, frame: Frame, write: _Write, target: Replica) -> None:
         if frame.verb == "ACK":
@@ -601,7 +718,6 @@ class Coordinator:
         write.coordination = coordination
 
     def _write_deadline(self, write: _Write) -> None:
-        write.timer = None
         write.expired = True
         now = max(self._reactor.seconds(), write.deadline)
         write.coordination.on_timeout(now)
@@ -622,10 +738,10 @@ class Coordinator:
                 # became impossible, possibly before the local copy was committed.
                 write.result.errback(QuorumUnavailable(
                     "write", len(write.acked), write.required, sorted(write.tried), detail))
-        settled = len(write.acked) + len(write.nacked) >= len(write.slots)
-        if (settled or write.expired) and write.timer is not None and write.timer.active():
-            write.timer.cancel()
-            write.timer = None
+        if write.timed and (
+            write.expired or len(write.acked) + len(write.nacked) >= len(write.slots)
+        ):
+            self._untrack(write)
             write.expired = True
 
     def _local_write_pending(self, write: _Write) -> bool:
@@ -671,14 +787,17 @@ class Coordinator:
             self.stats.reads_unavailable += 1
             return fail(refusal)
         deadline = self._reactor.seconds() + self.request_timeout
+        read_id = next(self._ids)
         read = _Read(
             key,
-            ReadCoordination(next(self._ids), preference, required, deadline,
+            ReadCoordination(read_id, preference, required, deadline,
                              reconcile_versions, replica_is_stale),
             Deferred(),
             wait_for_all,
+            read_id,
+            deadline,
         )
-        read.timer = self._reactor.callLater(self.request_timeout, self._read_deadline, read)
+        self._track(read, deadline)
         # The local replica first: it answers at once, so it always counts.
         for node in sorted(preference, key=lambda node: node != self.node_id):
             if read.coordination.finished:
@@ -705,10 +824,11 @@ class Coordinator:
             coordination.on_failure(node, "down")
             return
         read.tried.add(node)
-        frame = Frame("GET", 0, {"key": quote(read.key)})
-        request = self._pool.request(address, frame, self._remaining(deadline))
-        request.addCallbacks(self._read_answer, self._read_error,
-                             callbackArgs=(read, node), errbackArgs=(read, node))
+        frame = read.frame
+        if frame is None:
+            frame = read.frame = Frame("GET", 0, {"key": quote(read.key)})
+        self._call(address, frame, self._remaining(deadline), self._read_answer,
+                   self._read_error, read, node)
 
     def _read_answer(self, frame: Frame, read: _Read, node: str) -> None:
         if frame.verb != "VAL":
@@ -730,7 +850,6 @@ class Coordinator:
         self._settle_read(read)
 
     def _read_deadline(self, read: _Read) -> None:
-        read.timer = None
         read.coordination.on_timeout(max(self._reactor.seconds(), read.coordination.deadline))
         self._settle_read(read)
 
@@ -762,9 +881,8 @@ class Coordinator:
                     sorted(read.tried), detail))
         if coordination.finished and not read.repaired:
             read.repaired = True
-            if read.timer is not None and read.timer.active():
-                read.timer.cancel()
-            read.timer = None
+            if read.timed:
+                self._untrack(read)
             self._repair(read)
 
     def _repair(self, read: _Read) -> None:

@@ -15,6 +15,7 @@ does, so memory and disk are reclaimed even for keys nobody reads again.
 from __future__ import annotations
 
 import heapq
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +29,10 @@ from twistkv.core.record import (
     encode_single_writer,
     is_single_writer,
     live_value,
+    own_plain_version,
     single_writer_block,
 )
+from twistkv.core.replication import increment_version
 from twistkv.core.versioning import HybridLogicalClock
 
 if TYPE_CHECKING:
@@ -72,6 +75,9 @@ class LocalKeyspace:
         self._own_block = single_writer_block(node_id)
         self._hlc = hlc
         self.now_ms = now_ms
+        #: This node's PN-counter actor id (twistkv.core.counter): a fresh epoch per start,
+        #: so that a data directory restored from an older copy never continues old entries.
+        self.actor = f"{node_id}/{secrets.token_hex(4)}"
         self._key_count = 0
         #: (expires_at_ms, key) for every key written with a TTL; entries go
         #: stale when a key is overwritten and are re-checked when popped.
@@ -126,6 +132,10 @@ class LocalKeyspace:
         raw = self._store.get(DATA_PREFIX + key)
         if raw is None:
             return None
+        version = own_plain_version(raw, self._own_block, self._node_id)
+        if version is not None:  # the usual record: one plain value this node wrote
+            expires = version.expires_at_ms
+            return version if not expires or expires > self.now_ms() else None
         versions = decode_record(raw).versions
         if len(versions) == 1:
             version = versions[0]
@@ -232,6 +242,32 @@ class LocalKeyspace:
             return self._committer.commit(((db_key, data),))
         op = self._put_op(key, value, expires_at_ms, raw)
         return self._committer.commit((op,))
+
+    def incr_by(self, key: bytes, delta: int) -> int | Deferred[int]:
+        """INCRBY: add C{delta} to the key's counter; the new value (a Deferred when it must
+        wait for durability).
+
+        Stored as a PN-counter (L{twistkv.core.replication.increment_version}), the same form
+        the cluster uses, so a lone node's counters keep counting correctly once it joins a
+        cluster. A plain integer value becomes the counter's base; the key's TTL is kept.
+
+        @raise twistkv.core.counter.CounterError: not an integer, or it would overflow.
+        """
+        db_key = DATA_PREFIX + key
+        raw = self._store.get(db_key)
+        record = None if raw is None else decode_record(raw)
+        now = self.now_ms()
+        version = increment_version(record, self.actor, delta, self._node_id,
+                                    self._hlc.tick(now), now)
+        if raw is None:
+            self._key_count += 1
+        if version.expires_at_ms:
+            heapq.heappush(self._expiry_heap, (version.expires_at_ms, key))
+        wait = self._committer.commit(((db_key, encode_record(Record((version,)))),))
+        value = int(version.value)
+        if wait is None:
+            return value
+        return wait.addCallback(lambda _: value)
 
     def set_many(self, pairs: Sequence[tuple[bytes, bytes]]) -> Wait:
         """Store several keys in one atomic batch (MSET), without expiry."""

@@ -122,6 +122,10 @@ class ReplicaStore:
         self.tombstone_grace_ms = tombstone_grace_ms
         self.stats = ReplicaStats()
         self._gc_cursor: bytes | None = None
+        #: The stored bytes last decoded by L{read} and their record: a coordinator reads a
+        #: key to mint a version, then applies it at once, and the store hands back the very
+        #: same bytes object (decoding is a pure function of the bytes, whatever the key).
+        self._decoded: tuple[bytes | None, Record | None] = (None, None)
 
     def load(self) -> int:
         """Count the stored records; return the greatest HLC timestamp found (0 if none).
@@ -144,7 +148,11 @@ class ReplicaStore:
     def read(self, key: bytes) -> Record | None:
         """The record stored for C{key} (deleted and expired versions included), or None."""
         raw = self._store.get(DATA_PREFIX + key)
-        return None if raw is None else decode_record(raw)
+        if raw is None:
+            return None
+        record = decode_record(raw)
+        self._decoded = (raw, record)
+        return record
 
     def iterate(
         self, start: bytes | None = None, stop: bytes | None = None
@@ -161,7 +169,9 @@ class ReplicaStore:
 
     # -- writes --------------------------------------------------------------------------
 
-    def apply(self, key: bytes, versions: Iterable[Version]) -> Wait:
+    def apply(
+        self, key: bytes, versions: Iterable[Version], *, encoded: bytes | None = None
+    ) -> Wait:
         """Merge C{versions} into what is stored for C{key}; return what to wait for.
 
         The merged record is visible to the next read at once. The result fires once it is
@@ -169,13 +179,24 @@ class ReplicaStore:
         versions durable (an empty commit is a barrier), so a duplicate is never acknowledged
         ahead of the original's fsync.
 
+        @param encoded: C{encode_record(Record(tuple(versions)))}, when the caller made it
+            (the coordinator's payload): stored as is when the incoming versions supersede
+            everything stored, the usual write. Never pass bytes another node encoded.
         @raise StorageError: the committer refused the write (failed or shutting down).
         """
         db_key = DATA_PREFIX + key
         raw = self._store.get(db_key)
-        stored = None if raw is None else decode_record(raw)
+        if raw is None:
+            stored = None
+        else:
+            last_raw, stored = self._decoded
+            if raw is not last_raw:
+                stored = decode_record(raw)
+        if encoded is not None:
+            versions = tuple(versions)
         merged = merge_versions(stored, versions)
-        encoded = encode_record(merged)
+        if encoded is None or merged.versions != versions:
+            encoded = encode_record(merged)
         if encoded == raw:
             self.stats.unchanged += 1
             return self._committer.commit([])
