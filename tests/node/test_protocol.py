@@ -264,6 +264,45 @@ def test_direct_send_hands_the_rest_to_twisted_in_order(context: NodeContext) ->
     assert transport.value() == b"NG\r\n+OK\r\n"
 
 
+def test_replies_completing_while_others_wait_are_sent_together(context: NodeContext) -> None:
+    """Pipelined replies that complete while later ones of the pipeline are still awaited
+    are buffered in Twisted's transport (sent together on its next write pass) rather than
+    each costing a send() of its own; when nothing is awaited any more, the rest follows in
+    order behind them, and a lone reply still goes straight to the socket."""
+    context.keyspace.set(b"k", b"v")
+    slow = SlowReads(context.keyspace)
+    context.keyspace = slow  # type: ignore[assignment]
+    protocol, transport = connect(context)
+    buffered: list[bytes] = []
+    plain_write = transport.write
+
+    def write(data: bytes) -> None:  # what FileDescriptor.write keeps until doWrite
+        buffered.append(data)
+        plain_write(data)
+
+    transport.write = write  # type: ignore[method-assign]
+    transport._tempDataBuffer = buffered  # type: ignore[attr-defined]
+    transport.offset = 0  # type: ignore[attr-defined]
+    transport.dataBuffer = b""  # type: ignore[attr-defined]
+    transport.connected = True  # type: ignore[attr-defined]
+    transport._writeDisconnected = False  # type: ignore[attr-defined]
+    kernel = _KernelSocket(room=1 << 20)
+    protocol._socket = kernel  # type: ignore[assignment]
+    protocol.dataReceived(b"GET k\r\nGET k\r\nGET missing\r\n")
+    (d1, v1), (d2, v2), (d3, v3) = slow.pending
+    d1.callback(v1)
+    d2.callback(v2)
+    assert kernel.sent == []  # two ready, one awaited: buffered, not sent one by one
+    d3.callback(v3)
+    assert kernel.sent == []  # queued behind the buffer, in order
+    assert replies(transport) == [b"v", b"v", None]
+    buffered.clear()  # Twisted's write pass sent it
+    protocol.dataReceived(b"GET k\r\n")
+    d4, v4 = slow.pending.pop()
+    d4.callback(v4)
+    assert kernel.sent == [b"$1\r\nv\r\n"]
+
+
 def spell(word: bytes, mask: int) -> bytes:
     """C{word} with the letters whose bit is set in C{mask} switched to the other case."""
     return bytes(c ^ 32 if (mask >> j) & 1 else c for j, c in enumerate(word))

@@ -316,7 +316,14 @@ class RespProtocol(Protocol):
                 break
             waiting.popleft()
         if ready and self.transport is not None:
-            self._send(b"".join(ready))
+            if waiting:
+                # More replies of this pipeline are still awaited: buffer in Twisted's
+                # transport, which sends everything that became ready during this reactor
+                # turn in one send() (quorum acks and group commits complete replies in
+                # bursts: one syscall instead of one per reply).
+                self.transport.write(b"".join(ready))
+            else:
+                self._send(b"".join(ready))
         if self._paused and len(waiting) <= _RESUME_AT:
             self._paused = False
             self.transport.resumeProducing()
