@@ -176,6 +176,29 @@ def test_own_plain_version_agrees_with_decode_record(chosen: list[Version], node
     assert (fast is None) == own.tombstone
 
 
+@settings(max_examples=200)
+@given(st.lists(versions, min_size=1, max_size=2), node_ids)
+def test_own_plain_value_is_own_plain_version_without_the_version(
+    chosen: list[Version], node: str
+) -> None:
+    """The multi-GET fast path reads the same value and expiry as the GET fast path, and
+    declines exactly the records it declines."""
+    from twistkv.core.record import own_plain_value, own_plain_version, single_writer_block
+
+    block = single_writer_block(node)
+    own = chosen[0]._replace(node=node, clock=((node, chosen[0].hlc ^ 1),))
+    for record in (Record(tuple(chosen)), Record((own,))):
+        raw = encode_record(record)
+        version = own_plain_version(raw, block, node)
+        plain = own_plain_value(raw, block)
+        if version is None:
+            assert plain is None
+        else:
+            assert plain == (version.value, version.expires_at_ms)
+    damaged = encode_record(Record((own._replace(tombstone=False, counter=None),)))[:-1]
+    assert own_plain_value(damaged, block) is None
+
+
 def test_own_plain_version_declines_counters_and_damaged_records() -> None:
     """Counters (flag bit 1) and a record whose value length does not fit its bytes go
     to decode_record, which decodes the one and reports the other."""

@@ -786,3 +786,14 @@ def test_replies_round_trip_through_client_parsers(value, protocol):
     wire = encode(value, protocol)
     assert same(decode_with_hiredis(wire), expected(value, protocol, "hiredis"))
     assert same(decode_with_redis_py(wire, protocol), expected(value, protocol, "redis-py"))
+
+
+@given(st.lists(st.one_of(st.none(), st.binary(max_size=40), st.binary(min_size=1020, max_size=1100)),
+                max_size=20),
+       st.sampled_from([2, 3]))
+def test_bulk_replies_encode_like_one_reply_each(values, protocol):
+    """A run of GET replies in one buffer is byte for byte the replies encoded one by one,
+    in both protocols (RESP2 and RESP3 nulls differ), values around the 1 KiB header table
+    included."""
+    assert resp.encode_bulk_replies(values, protocol) == b"".join(
+        encode(v, protocol) for v in values)

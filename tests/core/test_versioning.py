@@ -352,3 +352,27 @@ def test_stale_examples() -> None:
     assert stale([ancestor], reconciled)
     assert stale([], reconciled)
     assert not stale([], [])
+
+
+@given(st.integers(min_value=0, max_value=2**40), st.lists(st.integers(min_value=0, max_value=2**40), max_size=5),
+       st.integers(min_value=1, max_value=50))
+def test_tick_many_reserves_what_as_many_ticks_would_return(
+    seed: int, walls: list[int], count: int
+) -> None:
+    """tick_many(wall, n) returns the first of the n timestamps that n calls of tick(wall)
+    return, and leaves the clock where those calls would: runs of writes stay ordered."""
+    one_by_one = HybridLogicalClock(last=seed)
+    at_once = HybridLogicalClock(last=seed)
+    for wall in [*walls, walls[-1] if walls else 0]:
+        expected = [one_by_one.tick(wall) for _ in range(count)]
+        first = at_once.tick_many(wall, count)
+        assert list(range(first, first + count)) == expected
+        assert at_once.last == one_by_one.last
+
+
+def test_tick_many_refuses_an_empty_reservation() -> None:
+    """A count below one is a caller bug, reported rather than silently moving the clock."""
+    clock = HybridLogicalClock(last=5)
+    with pytest.raises(ValueError, match="at least 1"):
+        clock.tick_many(10, 0)
+    assert clock.last == 5

@@ -95,3 +95,23 @@ def keyspace(store: MemoryStore, committer: GroupCommitter, clock: Clock) -> Loc
 def context(keyspace: LocalKeyspace, tmp_path: Path) -> NodeContext:
     config = NodeConfig(node_id="n1", data_dir=tmp_path, max_value_bytes=1024, max_clients=3)
     return NodeContext(keyspace=keyspace, config=config, stats=NodeStats(), started_at=EPOCH)
+
+
+@pytest.fixture
+def make_context(tmp_path: Path) -> Callable[[], tuple[NodeContext, ThreadlessClock, DurableMemoryStore]]:
+    """Builds a fresh node context like the fixtures above (its clock and store too) on each
+    call: for property tests, which need one per example, not one per test."""
+
+    def make() -> tuple[NodeContext, ThreadlessClock, DurableMemoryStore]:
+        clock = ThreadlessClock()
+        clock.advance(EPOCH)
+        store = DurableMemoryStore()
+        committer = GroupCommitter(store, FsyncPolicy.ALWAYS, clock, threadpool=InlinePool())  # type: ignore[arg-type]
+        committer.start()
+        ks = LocalKeyspace(store, committer, "n1", HybridLogicalClock(),
+                           lambda: int(clock.seconds() * 1000))
+        ks.load()
+        config = NodeConfig(node_id="n1", data_dir=tmp_path, max_value_bytes=1024, max_clients=3)
+        return NodeContext(keyspace=ks, config=config, stats=NodeStats(), started_at=EPOCH), clock, store
+
+    return make

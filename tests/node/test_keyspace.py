@@ -176,3 +176,49 @@ def test_incr_by_refuses_without_writing_and_keeps_the_ttl(
     keyspace.incr_by(b"new", -3)
     assert keyspace.key_count() == count + 1
     assert keyspace.get(b"new").value == b"-3"  # type: ignore[union-attr]
+
+
+def test_set_run_is_the_same_as_setting_one_by_one(
+    keyspace: LocalKeyspace, store: MemoryStore, clock: Clock
+) -> None:
+    """A run of plain SETs (a key written twice, a new key, a key holding another node's
+    versions) ends with the values, key count and version ancestry that SETs one at a time
+    give, in one commit whose wait fires after the group's sync."""
+    from twistkv.core.record import Record, Version, encode_record
+
+    keyspace.set(b"old", b"v0")
+    foreign = Version(b"theirs", (("n2", 7),), 7, "n2")
+    store.write([(b"dold2", encode_record(Record((foreign,))))])
+    keyspace.load()
+    commits = keyspace._committer.stats.commits  # type: ignore[attr-defined]
+    wait = keyspace.set_run([(b"a", b"1"), (b"old", b"2"), (b"a", b"3"), (b"old2", b"4"), (b"b", b"5")])
+    assert keyspace._committer.stats.commits == commits + 1  # type: ignore[attr-defined]
+    assert isinstance(wait, Deferred)
+    fired: list[object] = []
+    wait.addCallback(fired.append)
+    assert fired == []
+    clock.advance(0)
+    assert fired == [None]
+    values = {k: v.value for k in (b"a", b"old", b"old2", b"b") if (v := keyspace.get(k))}
+    assert values == {b"a": b"3", b"old": b"2", b"old2": b"4", b"b": b"5"}
+    assert keyspace.key_count() == 4
+    merged = keyspace.get(b"old2")
+    assert merged is not None and dict(merged.clock)["n2"] == 7  # descends the other node's write
+    a, b = keyspace.get(b"a"), keyspace.get(b"b")
+    assert a is not None and b is not None and a.hlc < b.hlc  # stamped in run order
+
+
+def test_get_values_reads_like_get(keyspace: LocalKeyspace, store: MemoryStore, clock: Clock) -> None:
+    """get_values answers each key as get does: own plain values, another node's versions
+    (the decoding path), missing and expired keys as None."""
+    from twistkv.core.record import Record, Version, encode_record
+
+    keyspace.set(b"plain", b"p")
+    keyspace.set(b"soon", b"s", expires_at_ms=int(clock.seconds() * 1000) + 1000)
+    siblings = (Version(b"x", (("n2", 1),), 5, "n2"), Version(b"y", (("n3", 1),), 9, "n3"))
+    store.write([(b"dsiblings", encode_record(Record(siblings)))])
+    keys = [b"plain", b"soon", b"siblings", b"missing"]
+    expected = [None if (v := keyspace.get(k)) is None else v.value for k in keys]
+    assert keyspace.get_values(keys) == expected == [b"p", b"s", b"y", None]
+    clock.advance(2)
+    assert keyspace.get_values(keys) == [b"p", None, b"y", None]

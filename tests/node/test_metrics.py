@@ -1,5 +1,7 @@
 """Tests for twistkv.node.metrics: the node's counters behind INFO and /metrics."""
 
+import pytest
+
 from twistkv.node.metrics import LATENCY_BUCKETS, NodeStats
 
 
@@ -28,3 +30,17 @@ def test_quantile_is_the_upper_bound_of_the_bucket_holding_the_rank() -> None:
     assert stat.quantile(0.5) == LATENCY_BUCKETS[0]
     assert stat.quantile(0.99) == LATENCY_BUCKETS[0]
     assert stat.quantile(1.0) == 0.25
+
+
+def test_observe_many_counts_each_command_of_a_run_in_its_bucket() -> None:
+    """A run of n commands counts n calls, n times the per-command time, all n in the
+    bucket of that time: the same as n single observations of it."""
+    stats = NodeStats()
+    run = stats.command("SET")
+    single = stats.command("GET")
+    run.observe_many(16, 0.0003)
+    for _ in range(16):
+        single.observe(0.0003)
+    assert (run.calls, run.buckets) == (single.calls, single.buckets)
+    assert run.seconds == pytest.approx(single.seconds)
+    assert run.buckets[LATENCY_BUCKETS.index(0.0005)] == 16

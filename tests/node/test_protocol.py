@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import hiredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from twistkv.core.resp import encode
 from twistkv.node.commands import NodeContext
 from twistkv.node.protocol import RespFactory, RespProtocol
+from twistkv.storage.errors import StoreIOError
 
 
 def connect(context: NodeContext) -> tuple[RespProtocol, StringTransport]:
@@ -160,6 +166,9 @@ def test_connection_lost_unregisters_client(context: NodeContext) -> None:
 
 class SlowReads:
     """A keyspace whose reads answer later, like the cluster's quorum reads."""
+
+    #: Like the cluster's keyspace: no synchronous multi-key read for runs of GETs.
+    get_values = None
 
     def __init__(self, inner: object) -> None:
         self._inner = inner
@@ -324,3 +333,88 @@ def test_command_names_in_any_letter_case_dispatch_and_count_as_one(
     assert replies(transport) == [1] * 64 + [b"v"] * 16
     assert context.stats.commands["EXISTS"].calls == 64
     assert context.stats.commands["GET"].calls == 16
+
+
+# -- runs of pipelined commands ----------------------------------------------------------------
+
+_KEYS = [b"a", b"b", b"c"]
+pipelined = st.lists(
+    st.one_of(
+        st.tuples(st.just(b"GET"), st.sampled_from(_KEYS)),
+        st.tuples(st.just(b"SET"), st.sampled_from(_KEYS), st.binary(max_size=8)),
+        st.tuples(st.just(b"SET"), st.sampled_from(_KEYS), st.just(b"x" * 1025)),  # refused
+        st.tuples(st.just(b"SET"), st.sampled_from(_KEYS), st.just(b"v"), st.just(b"NX")),
+        st.tuples(st.just(b"DEL"), st.sampled_from(_KEYS)),
+        st.tuples(st.just(b"get"), st.sampled_from(_KEYS)),  # another spelling: not in the run
+        st.tuples(st.just(b"GET")),  # wrong arity
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # a factory: no state
+@given(commands=pipelined, protocol_version=st.sampled_from([2, 3]))
+def test_a_pipeline_answers_as_its_commands_one_at_a_time(
+    make_context: Any, commands: list[tuple[bytes, ...]], protocol_version: int
+) -> None:
+    """Sent as one pipeline (consecutive GETs and plain SETs execute as runs) or one command
+    per read (no runs), the same commands give the same replies, the same data and the same
+    call counts, in RESP2 and RESP3; oversized values and wrong arity stay per-command errors."""
+    outcomes = []
+    for together in (True, False):
+        context, clock, _ = make_context()
+        protocol, transport = connect(context)
+        protocol.dataReceived(b"HELLO %d\r\n" % protocol_version)
+        clock.advance(0)
+        transport.clear()
+        frames = [encode(list(command), 2) for command in commands]
+        if together:
+            protocol.dataReceived(b"".join(frames))
+        else:
+            for frame in frames:
+                protocol.dataReceived(frame)
+        clock.advance(0)
+        data = {key: getattr(context.keyspace.get(key), "value", None) for key in _KEYS}
+        calls = {name: stat.calls for name, stat in context.stats.commands.items()}
+        outcomes.append((transport.value(), data, calls, context.keyspace.key_count()))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_run_of_sets_shares_one_commit_and_answers_after_its_sync(
+    context: NodeContext, clock: Clock, store: Any
+) -> None:
+    """Sixteen pipelined SETs are one commit and one sync; no reply goes out before the
+    sync, then all sixteen +OK in order, each counted as a SET call."""
+    protocol, transport = connect(context)
+    commits = context.keyspace._committer.stats.commits  # type: ignore[attr-defined]
+    syncs = store.syncs
+    protocol.dataReceived(b"".join(encode([b"SET", b"k%d" % i, b"v"], 2) for i in range(16)))
+    assert context.keyspace._committer.stats.commits == commits + 1  # type: ignore[attr-defined]
+    assert transport.value() == b""
+    clock.advance(0)
+    assert store.syncs == syncs + 1
+    assert transport.value() == b"+OK\r\n" * 16
+    assert context.stats.commands["SET"].calls == 16
+
+
+def test_a_run_whose_sync_fails_answers_every_command_with_the_error(
+    context: NodeContext, clock: Clock, store: Any
+) -> None:
+    """When the one sync of a run fails, each of its commands gets the storage error (the
+    writes were applied but may not be durable), not just the first, and each counts as an
+    error."""
+    protocol, transport = connect(context)
+
+    def broken_sync() -> None:
+        raise StoreIOError("disk on fire")
+
+    store.sync = broken_sync  # type: ignore[method-assign]
+    protocol.dataReceived(b"".join(encode([b"SET", b"k%d" % i, b"v"], 2) for i in range(3)) + b"PING\r\n")
+    clock.advance(0)
+    got = replies(transport)
+    assert len(got) == 4 and got[3] == b"PONG"
+    for error in got[:3]:
+        assert isinstance(error, hiredis.ReplyError)
+        assert "may not be durable" in str(error) and "disk on fire" in str(error)
+    assert context.stats.commands["SET"].errors == 3

@@ -284,19 +284,33 @@ def encode_single_writer(block: bytes, value: bytes, hlc: int, expires_at_ms: in
     expires_at_ms)} directly: the node's clock entry is its HLC timestamp, which is
     strictly increasing per node and so descends every earlier write of that node."""
     return b"".join((
-        b"\x01\x00\x01",
-        _VERSION_FIXED.pack(0, hlc, expires_at_ms),
+        _SINGLE_HEAD.pack(1, 1, 0, hlc, expires_at_ms),
         block,
-        _U64.pack(hlc),
-        _U32.pack(len(value)),
+        _SINGLE_TAIL.pack(hlc, len(value)),
         value,
     ))
 
 
+#: Format byte, version count (1), flags, HLC and expiry: what precedes a single-writer block.
+_SINGLE_HEAD = struct.Struct(">BHBQQ")
 #: The counter and value length that follow a single-writer block.
 _SINGLE_TAIL = struct.Struct(">QI")
 #: Defaults of the Version fields after C{tombstone}, for building one without C{__new__}.
 _VERSION_REST = tuple(Version._field_defaults[f] for f in Version._fields[6:])
+
+
+def own_plain_value(raw: bytes, block: bytes) -> tuple[bytes, int] | None:
+    """The value and expiry (ms, 0 = none) of C{raw} if it is one plain version clocked by
+    the node of C{block} alone; None means use L{decode_record}. L{own_plain_version}
+    without building the L{Version}, for reads that need only the value."""
+    tail = 20 + len(block)
+    if raw[:4] != b"\x01\x00\x01\x00" or raw[20:tail] != block or len(raw) < tail + 12:
+        return None  # not this shape, or damaged (decode_record reports it)
+    size = _U32.unpack_from(raw, tail + 8)[0]
+    start = tail + 12
+    if start + size != len(raw):
+        return None  # damaged: decode_record reports it
+    return raw[start:], _U64.unpack_from(raw, 12)[0]
 
 
 def own_plain_version(raw: bytes, block: bytes, node: str) -> Version | None:
@@ -307,8 +321,8 @@ def own_plain_version(raw: bytes, block: bytes, node: str) -> Version | None:
     fixed-offset fields it needs instead of walking the general format.
     """
     tail = 20 + len(block)
-    if raw[:4] != b"\x01\x00\x01\x00" or raw[20:tail] != block:
-        return None
+    if raw[:4] != b"\x01\x00\x01\x00" or raw[20:tail] != block or len(raw) < tail + 12:
+        return None  # not this shape, or damaged (decode_record reports it)
     _, hlc, expires_at_ms = _VERSION_FIXED.unpack_from(raw, 3)
     counter, size = _SINGLE_TAIL.unpack_from(raw, tail)
     start = tail + 12

@@ -67,6 +67,7 @@ __all__ = [
     "SimpleString",
     "Verbatim",
     "encode",
+    "encode_bulk_replies",
     "encode_into",
     "encode_into_resp2",
     "encode_into_resp3",
@@ -816,6 +817,18 @@ def _wire(v: SimpleString | Error) -> bytes:
 
 
 _only_bytes = frozenset((bytes,)).issuperset
+
+
+def encode_bulk_replies(values: Iterable[bytes | None], protocol: int) -> bytes:
+    """The wire form of consecutive replies that are each a bulk string or a null (a run of
+    pipelined GETs), in one buffer."""
+    null = NULL_RESP3 if protocol == 3 else NULL_BULK_RESP2
+    headers = _BULK_HEADERS
+    return b"".join([
+        null if v is None else
+        headers[len(v)] + v + _CRLF if len(v) < 1024 else b"$%d\r\n%s\r\n" % (len(v), v)
+        for v in values
+    ])
 
 
 def _bulks(headers: Iterable[bytes], values: Iterable[bytes]) -> Iterator[bytes]:

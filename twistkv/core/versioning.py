@@ -249,6 +249,18 @@ class HybridLogicalClock:
         self._last = max(self._last + 1, _wall_floor(wall_ms))
         return self._last
 
+    def tick_many(self, wall_ms: int, count: int) -> int:
+        """Reserve C{count} timestamps for local events at once; return the first.
+
+        The events get C{first, first + 1, ..., first + count - 1}: exactly what
+        C{count} calls of L{tick} at the same C{wall_ms} return, in one step.
+        """
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        first = max(self._last + 1, _wall_floor(wall_ms))
+        self._last = first + count - 1
+        return first
+
     def observe(self, remote_ts: int, wall_ms: int) -> int:
         """Merge a timestamp from an incoming message and return one greater than both clocks.
 

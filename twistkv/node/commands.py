@@ -17,7 +17,7 @@ import platform
 import resource
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
@@ -29,7 +29,7 @@ from twistkv.core.counter import CounterError
 from twistkv.core.glob import compile_glob
 from twistkv.core.quorum import ConsistencyLevel
 from twistkv.core.record import Version
-from twistkv.core.resp import Error, SimpleString, Verbatim
+from twistkv.core.resp import Error, SimpleString, Verbatim, encode_bulk_replies
 from twistkv.node.keyspace import KEEP_TTL, Wait
 
 if TYPE_CHECKING:
@@ -117,6 +117,8 @@ class ClientSession:
 
 
 Handler = Callable[[ClientSession, list[bytes]], Any]
+#: Runs several pipelined calls of one command at once (see L{Command.run}).
+RunHandler = Callable[[ClientSession, list[list[bytes]]], "bytes | Deferred[bytes] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,11 @@ class Command:
     first_key: int = 0
     last_key: int = 0
     key_step: int = 0
+    #: Optional: executes a run of consecutive calls that all have exactly C{run_arity}
+    #: arguments (pipelined GETs, plain SETs) in one go; returns the replies' wire bytes
+    #: (or a Deferred of them), or None to leave the run to L{handler}, one call at a time.
+    run: RunHandler | None = None
+    run_arity: int = 0
 
 
 def _after(wait: Wait, reply: Any) -> Any:
@@ -417,6 +424,29 @@ def cmd_get(session: ClientSession, args: list[bytes]) -> Any:
         return version.value
 
     return _then(found, answer)
+
+
+def run_get(session: ClientSession, runs: list[list[bytes]]) -> bytes | None:
+    """Consecutive GETs in one keyspace pass (when the keyspace reads synchronously)."""
+    get_values = getattr(session.keyspace, "get_values", None)
+    if get_values is None:
+        return None
+    values = get_values([args[1] for args in runs])
+    stats = session.context.stats
+    misses = values.count(None)
+    stats.keyspace_misses += misses
+    stats.keyspace_hits += len(values) - misses
+    return encode_bulk_replies(values, session.protocol)
+
+
+def run_set(session: ClientSession, runs: list[list[bytes]]) -> bytes | Deferred[bytes] | None:
+    """Consecutive plain SETs as one batch: one commit, so also one durability wait."""
+    set_run = getattr(session.keyspace, "set_run", None)
+    if set_run is None or max(len(args[2]) for args in runs) > session.context.config.max_value_bytes:
+        return None  # an oversized value gets its error from cmd_set, the others still run
+    wait = set_run([(args[1], args[2]) for args in runs])
+    replies = OK.wire * len(runs)
+    return replies if wait is None else wait.addCallback(lambda _: replies)
 
 
 def _ok(_: object) -> SimpleString:
@@ -1329,6 +1359,9 @@ COMMANDS: dict[str, Command] = _table([
     ("WATCH", -2, "fast", _refuse_transactions, "transactions", "", "Not offered in this mode."),
     ("UNWATCH", 1, "fast", _refuse_transactions, "transactions", "", "Not offered in this mode."),
 ])
+
+COMMANDS["GET"] = replace(COMMANDS["GET"], run=run_get, run_arity=2)
+COMMANDS["SET"] = replace(COMMANDS["SET"], run=run_set, run_arity=3)
 
 #: Byte-keyed view for the hot path: the adapter looks up ``args[0].upper()``.
 COMMANDS_BY_NAME: dict[bytes, Command] = {name.encode(): c for name, c in COMMANDS.items()}

@@ -49,6 +49,17 @@ class CommandStat:
         self.seconds += seconds
         self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
+    def observe_many(self, count: int, seconds_each: float) -> None:
+        """Record C{count} completed calls that took C{seconds_each} apiece.
+
+        For a run of pipelined commands executed together (L{twistkv.node.protocol}):
+        their total time is known, how it splits between them is not, so each gets
+        its share (or, when they all waited for one fsync, the whole wait).
+        """
+        self.calls += count
+        self.seconds += seconds_each * count
+        self.buckets[bisect_left(LATENCY_BUCKETS, seconds_each)] += count
+
     def quantile(self, q: float) -> float:
         """Approximate latency quantile from the buckets (upper bound of the bucket)."""
         total = sum(self.buckets)

@@ -15,6 +15,7 @@ with C{appendfsync always}: it executes, then replies after the fsync).
 from __future__ import annotations
 
 import socket
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
@@ -50,7 +51,7 @@ from twistkv.node.commands import (
     unknown_command_error,
 )
 from twistkv.node.coordinator import KeyTooLong, QuorumUnavailable
-from twistkv.node.metrics import CommandStat
+from twistkv.node.metrics import LATENCY_BUCKETS, CommandStat
 from twistkv.storage.errors import StorageError
 
 __all__ = ["RespProtocol", "RespFactory"]
@@ -70,7 +71,12 @@ _MAX_ROUTES = 64
 _PLAIN_REPLIES = frozenset((bytes, type(None), SimpleString, int, list, Error))
 _OK_WIRE = OK.wire  # +OK is the same in RESP2 and RESP3
 
-_Route = tuple[Callable[[ClientSession, list[bytes]], Any], int, CommandStat, Command]
+_Route = tuple[
+    Callable[[ClientSession, list[bytes]], Any], int, CommandStat, Command,
+    Callable[[ClientSession, list[list[bytes]]], Any] | None, int,
+]
+#: Commands faster than this (nearly all) skip the histogram's bisection.
+_FIRST_BUCKET = LATENCY_BUCKETS[0]
 
 
 class _Slot:
@@ -165,7 +171,7 @@ class RespProtocol(Protocol):
         if cmd is None:
             return None
         stat = self._stats.command(cmd.name)
-        route = (cmd.handler, cmd.arity, stat, cmd)
+        route = (cmd.handler, cmd.arity, stat, cmd, cmd.run, cmd.run_arity)
         if len(self._routes) < _MAX_ROUTES:
             self._routes[name] = route
         return route
@@ -176,6 +182,10 @@ class RespProtocol(Protocol):
         This is the per-command hot path (sixteen times per read under
         C{redis-benchmark -P 16}), so it avoids per-command objects and
         method calls where it can; replies that must wait take L{_deferred}.
+        Consecutive calls of a command that has a L{Command.run} (pipelined
+        GETs, plain SETs) execute as one run: one dispatch, one keyspace pass,
+        one commit. Each command's time runs from the end of the previous one,
+        so one clock reading per command serves both.
         """
         session = self.session
         assert session is not None
@@ -183,22 +193,61 @@ class RespProtocol(Protocol):
         waiting = self._waiting
         protocol = session.protocol
         encode_into = encode_into_resp2 if protocol == 2 else encode_into_resp3
-        for args in commands:
-            route = routes.get(args[0])
+        count = len(commands)
+        i = 0
+        started = perf_counter()
+        while i < count:
+            args = commands[i]
+            i += 1
+            name = args[0]
+            route = routes.get(name)
             if route is None:
-                route = self._route(args[0])
+                route = self._route(name)
                 if route is None:
                     self._emit(encode(unknown_command_error(args), session.protocol), out)
+                    started = perf_counter()
                     continue
-            handler, arity, stat, cmd = route
-            if arity != len(args) and (arity > 0 or len(args) < -arity):
+            handler, arity, stat, cmd, run, run_arity = route
+            nargs = len(args)
+            if arity != nargs and (arity > 0 or nargs < -arity):
                 self._emit(encode(arity_error(cmd), session.protocol), out)
+                started = perf_counter()
                 continue
             if session.in_refused_multi and cmd.name not in ("EXEC", "DISCARD", "MULTI", "QUIT"):
                 self._emit(encode(refused_in_multi(cmd), session.protocol), out)
+                started = perf_counter()
                 continue
-            session.last_command = args[0]
-            started = perf_counter()
+            session.last_command = name
+            if run is not None and nargs == run_arity and i < count:
+                end = i
+                while end < count and commands[end][0] == name and len(commands[end]) == nargs:
+                    end += 1
+                if end > i:
+                    try:
+                        wire = run(session, commands[i - 1:end])
+                    except Exception as exc:  # noqa: BLE001 - as for one command, below
+                        wire = None
+                        failed = Failure(exc)
+                        if not isinstance(exc, StorageError):
+                            _log.failure("unexpected error in a run of {command}", failed,
+                                         command=cmd.name)
+                        # Nothing was applied: the commands run one by one, each
+                        # getting its own reply (and error).
+                    if wire is not None:
+                        size = end - i + 1
+                        i = end
+                        if type(wire) is bytes:
+                            now = perf_counter()
+                            stat.observe_many(size, (now - started) / size)
+                            started = now
+                            if waiting:
+                                waiting.append(wire)
+                            else:
+                                out.append(wire)
+                        else:
+                            self._deferred(wire, stat, started, out, size)
+                            started = perf_counter()
+                        continue
             try:
                 reply = handler(session, args)
             except QuitConnection:
@@ -210,8 +259,14 @@ class RespProtocol(Protocol):
                 reply = error_reply(Failure(exc), cmd.name)
             if type(reply) not in _PLAIN_REPLIES and isinstance(reply, Deferred):
                 self._deferred(reply, stat, started, out)
+                started = perf_counter()
                 continue
-            stat.observe(perf_counter() - started)
+            now = perf_counter()
+            elapsed = now - started
+            started = now
+            stat.calls += 1
+            stat.seconds += elapsed
+            stat.buckets[0 if elapsed < _FIRST_BUCKET else bisect_left(LATENCY_BUCKETS, elapsed)] += 1
             if session.protocol != protocol:  # HELLO switched it: its own reply uses the new one
                 protocol = session.protocol
                 encode_into = encode_into_resp2 if protocol == 2 else encode_into_resp3
@@ -222,8 +277,15 @@ class RespProtocol(Protocol):
             else:
                 encode_into(out, reply)
 
-    def _deferred(self, reply: Deferred[Any], stat: CommandStat, started: float, out: list[bytes]) -> None:
-        """Hold a place for a reply that is not ready yet; later replies queue behind it."""
+    def _deferred(
+        self, reply: Deferred[Any], stat: CommandStat, started: float, out: list[bytes],
+        run_size: int = 0,
+    ) -> None:
+        """Hold a place for a reply that is not ready yet; later replies queue behind it.
+
+        C{run_size} > 0: C{reply} fires with the wire bytes of that many commands' replies
+        (a run, see L{_run}); otherwise with one command's reply value.
+        """
         if out:
             # Earlier replies of this read go first: the Deferred may already have
             # fired (a local read at ONE), and _drain would write it at once.
@@ -233,7 +295,8 @@ class RespProtocol(Protocol):
         self._waiting.append(slot)
         reply.addCallbacks(
             self._deferred_reply, self._deferred_failure,
-            callbackArgs=(slot, stat, started), errbackArgs=(slot, stat, started),
+            callbackArgs=(slot, stat, started, run_size),
+            errbackArgs=(slot, stat, started, run_size),
         )
         if len(self._waiting) >= _PAUSE_AT and not self._paused:
             self._paused = True
@@ -278,11 +341,18 @@ class RespProtocol(Protocol):
         else:
             out.append(data)
 
-    def _deferred_reply(self, reply: Any, slot: _Slot, stat: CommandStat, started: float) -> None:
-        stat.observe(perf_counter() - started)
-        if reply is OK:
+    def _deferred_reply(
+        self, reply: Any, slot: _Slot, stat: CommandStat, started: float, run_size: int
+    ) -> None:
+        if run_size:
+            # Every command of the run waited for the same event (its group commit).
+            stat.observe_many(run_size, perf_counter() - started)
+            data = reply
+        elif reply is OK:
+            stat.observe(perf_counter() - started)
             data = _OK_WIRE
         else:
+            stat.observe(perf_counter() - started)
             data = encode(reply, self.session.protocol if self.session is not None else 2)
         waiting = self._waiting
         if len(waiting) == 1 and waiting[0] is slot and not self._closing and not self._paused:
@@ -294,12 +364,14 @@ class RespProtocol(Protocol):
         self._drain()
 
     def _deferred_failure(
-        self, failure: Failure, slot: _Slot, stat: CommandStat, started: float
+        self, failure: Failure, slot: _Slot, stat: CommandStat, started: float, run_size: int
     ) -> None:
-        stat.observe(perf_counter() - started)
-        stat.errors += 1
+        commands = run_size or 1
+        stat.observe_many(commands, perf_counter() - started)
+        stat.errors += commands
         protocol = self.session.protocol if self.session is not None else 2
-        slot.data = encode(error_reply(failure, "", waited=True), protocol)
+        # A run fails as a whole (its one commit failed): each of its commands gets the error.
+        slot.data = encode(error_reply(failure, "", waited=True), protocol) * commands
         self._drain()
 
     def _drain(self) -> None:

@@ -37,11 +37,14 @@ class MemoryStore:
         self._payload_bytes = 0
 
     def get(self, key: bytes) -> bytes | None:
-        if self._closed:
-            raise _closed_error()
-        if type(key) is not bytes:
-            raise TypeError(f"store keys must be bytes, not {type(key).__name__}")
         value: bytes | None = self._data.get(key)
+        if value is None:
+            # Checked only on a miss: a closed store's data is empty, and a key of another
+            # type is never found (every stored key is bytes), so hits skip both tests.
+            if self._closed:
+                raise _closed_error()
+            if type(key) is not bytes:
+                raise TypeError(f"store keys must be bytes, not {type(key).__name__}")
         return value
 
     def write(self, ops: Sequence[WriteOp]) -> None:
@@ -65,16 +68,21 @@ class MemoryStore:
                     f"{type(key).__name__} and {type(value).__name__}"
                 )
         data = self._data
+        payload = self._payload_bytes
         for key, value in ops:
             old = data.get(key)
-            if old is not None:
-                self._payload_bytes -= len(key) + len(old)
             if value is None:
                 if old is not None:
+                    payload -= len(key) + len(old)
                     del data[key]
+            elif old is not None:
+                # An existing key: the sorted key list is unchanged (see above).
+                payload += len(value) - len(old)
+                dict.__setitem__(data, key, value)
             else:
                 data[key] = value
-                self._payload_bytes += len(key) + len(value)
+                payload += len(key) + len(value)
+        self._payload_bytes = payload
 
     def sync(self) -> None:
         """Nothing to do: memory is as durable as it gets."""
