@@ -359,3 +359,14 @@ def test_a_direct_write_lands_after_the_staged_ops_before_it(store: RocksStore) 
     store.flush_staged()
     assert store.get(b"k") == b"new"
     assert list(store.iterate()) == [(b"k", b"new")]
+
+
+def test_get_many_reads_staged_ops_first(store: RocksStore) -> None:
+    """Under fsync always, writes are staged before they reach RocksDB: get_many answers
+    them (puts and deletes) like get does, before and after the flush."""
+    store.write([(b"a", b"old"), (b"b", b"gone soon")])
+    store.stage([(b"a", b"new"), (b"b", None), (b"c", b"3")])
+    keys = [b"a", b"b", b"c", b"d"]
+    assert store.get_many(keys) == [b"new", None, b"3", None]
+    store.flush_staged()
+    assert store.get_many(keys) == [b"new", None, b"3", None]

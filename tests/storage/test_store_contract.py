@@ -129,6 +129,27 @@ def test_get_with_a_non_bytes_key_raises(make_store: StoreFactory) -> None:
         make_store().get("text")  # type: ignore[arg-type]
 
 
+def test_get_many_answers_what_get_answers_key_by_key(make_store: StoreFactory) -> None:
+    """get_many gives get's answer for each key, in order: present, missing, empty,
+    repeated keys; an empty list is an empty answer."""
+    store = make_store()
+    store.write([(b"a", b"1"), (b"", b"empty key"), (b"c", b"")])
+    keys = [b"c", b"missing", b"a", b"", b"a"]
+    assert store.get_many(keys) == [store.get(k) for k in keys] == [b"", None, b"1", b"empty key", b"1"]
+    assert store.get_many([]) == []
+
+
+def test_get_many_refuses_non_bytes_and_a_closed_store(make_store: StoreFactory) -> None:
+    """get_many is as strict as get: a str key is a TypeError, a closed store refuses."""
+    store = make_store()
+    store.write([(b"a", b"1")])
+    with pytest.raises(TypeError):
+        store.get_many([b"a", "text"])  # type: ignore[list-item]
+    store.close()
+    with pytest.raises(StoreClosedError):
+        store.get_many([b"a"])
+
+
 def test_sync_keeps_data(make_store: StoreFactory) -> None:
     """sync() succeeds on an open store and changes nothing visible."""
     store = make_store()

@@ -150,13 +150,12 @@ class LocalKeyspace:
     def get_values(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """The live values of C{keys} (None where absent or expired), for a run of
         pipelined GETs: one loop instead of a command dispatch per key."""
-        get = self._store.get
         block = self._own_block
         now = self.now_ms()
         values: list[bytes | None] = []
         append = values.append
-        for key in keys:
-            raw = get(DATA_PREFIX + key)
+        raws = self._store.get_many([DATA_PREFIX + key for key in keys])
+        for key, raw in zip(keys, raws, strict=True):
             if raw is None:
                 append(None)
                 continue
@@ -278,14 +277,14 @@ class LocalKeyspace:
         with the later value), with one clock reading, one block of HLC timestamps and one
         commit for the run.
         """
-        get = self._store.get
         block = self._own_block
-        first = self._hlc.tick_many(self.now_ms(), len(pairs))
+        hlc = self._hlc.tick_many(self.now_ms(), len(pairs)) - 1
+        db_keys = [DATA_PREFIX + key for key, _ in pairs]
+        raws = self._store.get_many(db_keys)
         staged: dict[bytes, bytes] = {}
         created = 0
-        for hlc, (key, value) in enumerate(pairs, first):
-            db_key = DATA_PREFIX + key
-            raw = get(db_key)
+        for db_key, raw, (key, value) in zip(db_keys, raws, pairs, strict=True):
+            hlc += 1
             if raw is None:
                 created += 1
             elif not is_single_writer(raw, block):
@@ -295,7 +294,7 @@ class LocalKeyspace:
             staged[db_key] = encode_single_writer(block, value, hlc, 0)
         if len(staged) < len(pairs) and created:
             # A key written twice in the run was counted once per write.
-            created = sum(1 for db_key in staged if get(db_key) is None)
+            created = self._store.get_many(list(staged)).count(None)
         wait = self._committer.commit(list(staged.items()))
         self._key_count += created
         return wait

@@ -74,6 +74,11 @@ class OrderedStore(Protocol):
     def get(self, key: bytes) -> bytes | None:
         """The value stored under C{key}, or None."""
 
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """What L{get} answers for each of C{keys}, in order, in one call (RocksDB's
+        MultiGet; a C-level loop for memory): pipelined reads and writes look up a
+        run of keys at once."""
+
     def write(self, ops: Sequence[WriteOp]) -> None:
         """Apply C{ops} in order as one atomic batch; a None value deletes the key.
 

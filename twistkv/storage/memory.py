@@ -47,6 +47,13 @@ class MemoryStore:
                 raise TypeError(f"store keys must be bytes, not {type(key).__name__}")
         return value
 
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        values = list(map(self._data.get, keys))
+        if None in values:  # the checks of get, which only misses need
+            for key in keys:
+                self.get(key)
+        return values
+
     def write(self, ops: Sequence[WriteOp]) -> None:
         if self._closed:
             raise _closed_error()

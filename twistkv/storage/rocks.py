@@ -138,6 +138,17 @@ class RocksStore:
             raise _translate(exc, self.path, "reading") from exc
         return value
 
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if self._staged:
+            return [self.get(key) for key in keys]  # staged ops answer first, key by key
+        if not all(type(key) is bytes for key in keys):
+            raise TypeError("store keys must be bytes")
+        try:
+            values: list[bytes | None] = self._db.get(list(keys))
+        except Exception as exc:
+            raise _translate(exc, self.path, "reading") from exc
+        return values
+
     def write(self, ops: Sequence[WriteOp]) -> None:
         if self._staged_batch is not None:
             self.flush_staged()  # keep the order: staged ops are older
