@@ -12,11 +12,16 @@ from hypothesis import strategies as st
 from twistkv.core.peerwire import (
     DEFAULT_MAX_PAYLOAD,
     ERROR_CODES,
+    FEATURE_PUT_BATCH,
+    MAX_BATCH_KEY,
+    MAX_BATCH_RECORDS,
     MAX_LINE,
     MAX_REQUEST_ID,
     PROTOCOL_VERSION,
     RESPONSE_VERBS,
+    SUPPORTED_FEATURES,
     VERBS,
+    BatchEntry,
     Established,
     Frame,
     FrameDecoder,
@@ -28,9 +33,13 @@ from twistkv.core.peerwire import (
     PendingRequests,
     Role,
     TooManyOutstandingRequests,
+    batch_outcomes_frame,
     encode_frame,
     error_details,
     error_frame,
+    parse_batch_outcomes,
+    parse_put_batch,
+    put_batch_frames,
     quote,
     unquote,
     unquote_text,
@@ -478,10 +487,15 @@ def test_spec_example_session_decodes() -> None:
 # Handshake -----------------------------------------------------------------------
 
 
+#: What two current nodes agree on in the handshake.
+BOTH = SUPPORTED_FEATURES
+
+
 def config(
-    node: str, secret: bytes | None = b"s3cret", cluster: str = "prod", version: int = 1
+    node: str, secret: bytes | None = b"s3cret", cluster: str = "prod", version: int = 1,
+    features: frozenset[str] = SUPPORTED_FEATURES,
 ) -> HandshakeConfig:
-    return HandshakeConfig(cluster, node, f"{node}.example:7380", secret, version)
+    return HandshakeConfig(cluster, node, f"{node}.example:7380", secret, version, features)
 
 
 def wire(frame: Frame) -> Frame:
@@ -517,8 +531,8 @@ def test_same_secret_establishes_both_sides() -> None:
         (Role.RESPONDER, "HELLO"),
         (Role.INITIATOR, "AUTH"),
     ]
-    assert initiator.outcome == Established("b", "b.example:7380", authenticated=True)
-    assert responder.outcome == Established("a", "a.example:7380", authenticated=True)
+    assert initiator.outcome == Established("b", "b.example:7380", authenticated=True, features=BOTH)
+    assert responder.outcome == Established("a", "a.example:7380", authenticated=True, features=BOTH)
 
 
 def test_no_secret_anywhere_establishes_in_two_frames() -> None:
@@ -526,8 +540,8 @@ def test_no_secret_anywhere_establishes_in_two_frames() -> None:
     initiator = Handshake(Role.INITIATOR, config("a", secret=None))
     responder = Handshake(Role.RESPONDER, config("b", secret=None))
     assert [frame.verb for _, frame in run(initiator, responder)] == ["HELLO", "HELLO"]
-    assert initiator.outcome == Established("b", "b.example:7380", authenticated=False)
-    assert responder.outcome == Established("a", "a.example:7380", authenticated=False)
+    assert initiator.outcome == Established("b", "b.example:7380", authenticated=False, features=BOTH)
+    assert responder.outcome == Established("a", "a.example:7380", authenticated=False, features=BOTH)
 
 
 def assert_both_fail(initiator: Handshake, responder: Handshake, code: str, words: str) -> None:
@@ -891,3 +905,152 @@ def test_malformed_incr_frames_are_bad_requests(
     with pytest.raises(PeerProtocolError, match=match) as caught:
         parse_incr(Frame("INCR", 1, fields, payload))
     assert caught.value.code in ("bad_request", "bad_field")
+
+
+# PUT_BATCH and the features of HELLO (§5.2.1, §8) ------------------------------------------
+
+batch_entries = st.lists(
+    st.builds(BatchEntry, st.sampled_from(["PUT", "DEL"]), st.binary(min_size=1, max_size=20),
+              st.binary(min_size=1, max_size=40)),
+    min_size=1, max_size=60,
+)
+
+
+@given(entries=batch_entries, max_records=st.integers(1, 8), max_bytes=st.integers(1, 300))
+def test_put_batch_round_trips_in_order_within_bounds(
+    entries: list[BatchEntry], max_records: int, max_bytes: int
+) -> None:
+    """Entries split into PUT_BATCH frames come back in order through the codec; every frame
+    holds at most max_records records and passes max_bytes only when it holds one record."""
+    frames = put_batch_frames(entries, max_records, max_bytes)
+    decoded: list[BatchEntry] = []
+    for frame, count in frames:
+        assert 1 <= count <= max_records
+        assert count == 1 or len(frame.payload) - 4 <= max_bytes
+        (received,) = FrameDecoder().feed(encode_frame(frame, request_id=7))
+        assert received.verb == "PUT_BATCH" and received.request_id == 7
+        got = parse_put_batch(received)
+        assert len(got) == count
+        decoded += got
+    assert decoded == entries
+
+
+def test_put_batch_sender_refuses_what_it_must_not_send() -> None:
+    """A HINT or an over-long key never goes into a PUT_BATCH: our bug, raised at once."""
+    with pytest.raises(InvalidFrameError):
+        put_batch_frames([BatchEntry("HINT", b"k", b"r")])
+    with pytest.raises(InvalidFrameError):
+        put_batch_frames([BatchEntry("PUT", b"k" * (MAX_BATCH_KEY + 1), b"r")])
+    assert len(put_batch_frames([BatchEntry("PUT", b"k", b"r")] * (MAX_BATCH_RECORDS + 1))) == 2
+
+
+def _batch(payload: bytes) -> Frame:
+    return Frame("PUT_BATCH", 1, {}, payload)
+
+
+@pytest.mark.parametrize("payload", [
+    b"",                                                    # no count
+    b"\x00\x00\x00\x00",                                      # count 0
+    (MAX_BATCH_RECORDS + 1).to_bytes(4, "big"),             # count above the bound
+    b"\x00\x00\x00\x01\x02\x00\x00\x00\x01k\x00\x00\x00\x01r",      # unknown kind
+    b"\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x01r",        # empty key
+    b"\x00\x00\x00\x01\x00\x00\x00\x00\x01k\x00\x00\x00\x00",        # empty record
+    b"\x00\x00\x00\x01\x00\x00\x00\x00\x01k\x00\x00\x00\x05r",       # truncated record
+    b"\x00\x00\x00\x02\x00\x00\x00\x00\x01k\x00\x00\x00\x01r",       # one entry missing
+    b"\x00\x00\x00\x01\x00\x00\x00\x00\x01k\x00\x00\x00\x01rX",      # trailing byte
+    b"\x00\x00\x00\x01\x00\xff\xff\xff\xff",                          # key length past the end
+])
+def test_put_batch_malformed_layout_is_bad_request(payload: bytes) -> None:
+    """Every broken PUT_BATCH layout is refused as a whole with bad_request, never a crash."""
+    with pytest.raises(PeerProtocolError) as caught:
+        parse_put_batch(_batch(payload))
+    assert caught.value.code == "bad_request"
+
+
+@given(payload=st.binary(max_size=80))
+def test_put_batch_garbage_is_entries_or_bad_request(payload: bytes) -> None:
+    """Arbitrary payloads parse into entries or raise bad_request; nothing else escapes."""
+    try:
+        entries = parse_put_batch(_batch(payload))
+    except PeerProtocolError as error:
+        assert error.code == "bad_request"
+    else:
+        assert 1 <= len(entries) <= MAX_BATCH_RECORDS
+
+
+@given(outcomes=st.lists(st.one_of(st.none(), st.from_regex(r"[a-z0-9_]{1,64}",
+                                                            fullmatch=True)), max_size=40))
+def test_batch_outcomes_round_trip_per_record(outcomes: list[str | None]) -> None:
+    """The VAL answering a PUT_BATCH carries each record's own outcome, in order."""
+    (frame,) = FrameDecoder().feed(encode_frame(batch_outcomes_frame(outcomes), request_id=3))
+    assert frame.verb == "VAL"
+    assert parse_batch_outcomes(frame, len(outcomes)) == outcomes
+
+
+def test_batch_outcomes_keep_a_refusal_among_acks() -> None:
+    """One refused record among applied ones is reported for that record alone."""
+    frame = batch_outcomes_frame([None, "storage_error", None])
+    assert parse_batch_outcomes(frame, 3) == [None, "storage_error", None]
+
+
+@pytest.mark.parametrize("payload, expected", [
+    (b"", 0),                                   # no count at all
+    (b"\x00\x00\x00\x02\x00\x00", 3),            # fewer outcomes than records
+    (b"\x00\x00\x00\x01\x05abc", 1),              # truncated reason
+    (b"\x00\x00\x00\x01\x03A B", 1),              # reason outside [a-z0-9_]
+    (b"\x00\x00\x00\x01\x00\x00", 1),            # trailing byte
+])
+def test_batch_outcomes_that_do_not_match_are_bad_request(payload: bytes, expected: int) -> None:
+    """An answer that does not hold exactly one valid outcome per record is refused."""
+    with pytest.raises(PeerProtocolError) as caught:
+        parse_batch_outcomes(Frame("VAL", 1, {}, payload), expected)
+    assert caught.value.code == "bad_request"
+
+
+def test_hello_offers_features_and_both_ends_keep_the_common_ones() -> None:
+    """Two current nodes both learn that the other accepts PUT_BATCH."""
+    initiator = Handshake(Role.INITIATOR, config("a", secret=None))
+    responder = Handshake(Role.RESPONDER, config("b", secret=None))
+    exchanged = run(initiator, responder)
+    assert all(frame.fields["features"] == FEATURE_PUT_BATCH for _, frame in exchanged)
+    assert isinstance(initiator.outcome, Established)
+    assert isinstance(responder.outcome, Established)
+    assert initiator.outcome.features == responder.outcome.features == {FEATURE_PUT_BATCH}
+
+
+@pytest.mark.parametrize("old", ["initiator", "responder"])
+def test_old_peer_without_features_gets_no_batches(old: str) -> None:
+    """A node that predates features sends no features field and ignores ours; the handshake
+    still succeeds and neither end may use PUT_BATCH on that connection."""
+    old_config, new_config = config("a", secret=None, features=frozenset()), config("b",
+                                                                                   secret=None)
+    if old == "initiator":
+        initiator = Handshake(Role.INITIATOR, old_config)
+        responder = Handshake(Role.RESPONDER, new_config)
+    else:
+        initiator = Handshake(Role.INITIATOR, new_config)
+        responder = Handshake(Role.RESPONDER, old_config)
+    exchanged = run(initiator, responder)
+    old_role = Role.INITIATOR if old == "initiator" else Role.RESPONDER
+    assert all("features" not in frame.fields for role, frame in exchanged if role is old_role)
+    assert isinstance(initiator.outcome, Established)
+    assert isinstance(responder.outcome, Established)
+    assert initiator.outcome.features == responder.outcome.features == frozenset()
+
+
+def test_unknown_or_malformed_feature_names_are_ignored() -> None:
+    """A newer peer's unknown features, or junk in the field, enable nothing and fail nothing."""
+    responder = Handshake(Role.RESPONDER, config("b", secret=None))
+    responder.start()
+    hello = Frame("HELLO", 0, {"version": "1", "cluster": "prod", "node": "a",
+                               "addr": "a.example:7380", "auth": "none",
+                               "features": "teleport,,PUT_BATCH,put_batch2"})
+    step = responder.receive(wire(hello))
+    assert isinstance(step.outcome, Established)
+    assert step.outcome.features == frozenset()
+
+
+def test_feature_names_are_checked_in_config() -> None:
+    """A feature name that could not travel in the HELLO field is refused when configured."""
+    with pytest.raises(ValueError):
+        config("a", features=frozenset({"put batch"}))

@@ -13,6 +13,7 @@ from twistkv.core.quorum import (
     ReadCoordination,
     ReadOutcome,
     Replica,
+    ReplicaSet,
     Status,
     WriteCoordination,
     WriteOutcome,
@@ -376,3 +377,22 @@ def test_read_safety_and_repair_under_any_interleaving(
         assert {t.node for t in coordination.repair_targets} == {
             node for node, reply in replies.items() if differs(reply, final)
         }
+
+
+def test_a_shared_replica_set_behaves_like_the_plain_list() -> None:
+    """Writes built on one ReplicaSet decide exactly as with the list of replicas, count
+    hinted acks, and do not share their tallies; a bad set is refused when it is built."""
+    shared = ReplicaSet([Replica("a"), Replica("d", hinted_for="b"), Replica("c")])
+    first = WriteCoordination(1, shared, 2, deadline=5.0)
+    second = WriteCoordination(2, shared, 2, deadline=5.0)
+    plain = WriteCoordination(3, [Replica("a"), Replica("d", hinted_for="b"), Replica("c")], 2,
+                              deadline=5.0)
+    for write in (first, plain):
+        write.on_ack("d")
+        assert write.on_ack("a") == WriteOutcome(Status.SUCCEEDED, 2, 1, 0, 1)
+    assert second.outcome == WriteOutcome(Status.PENDING, 0, 0, 0, 3)
+    assert second.replicas == plain.replicas
+    with pytest.raises(ValueError):
+        ReplicaSet(["a", "a"])
+    with pytest.raises(ValueError):
+        WriteCoordination(4, shared, 4, deadline=5.0)

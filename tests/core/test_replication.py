@@ -8,10 +8,19 @@ from hypothesis import strategies as st
 
 from twistkv.core.counter import CounterOverflow, NotAnInteger, PNCounter
 from twistkv.core.quorum import ConsistencyLevel, Replica
-from twistkv.core.record import Record, Version, join_counters, live_value
+from twistkv.core.record import (
+    Record,
+    Version,
+    decode_record,
+    encode_record,
+    join_counters,
+    live_value,
+    single_writer_block,
+)
 from twistkv.core.replication import (
     collectable,
     context_clock,
+    encode_sole_writer,
     increment_version,
     merge_versions,
     new_version,
@@ -20,6 +29,8 @@ from twistkv.core.replication import (
     reconcile_versions,
     replica_is_stale,
     required_replies,
+    sole_writer_clock,
+    supersedes_sole_writer,
     version_clock,
 )
 from twistkv.core.versioning import Ordering, VectorClock, pack_hlc
@@ -457,3 +468,67 @@ def test_a_set_that_saw_one_counter_drops_its_increments_and_keeps_the_concurren
         for version in order:
             record = merge_versions(record, [version])
         assert record is not None and set(record.versions) == {b, reset}
+
+
+# -- records of one writer, on their bytes --------------------------------------------------
+
+# Records as they arrive: mostly one version clocked by its writer alone, plus every other shape.
+sole_versions = st.builds(
+    lambda node, counter, hlc, value, expires, tombstone: Version(
+        b"" if tombstone else value, ((node, counter),), hlc, node, 0 if tombstone else expires,
+        tombstone),
+    st.sampled_from(NODES), st.integers(1, 4), st.integers(0, 5),
+    st.sampled_from([b"", b"x", b"yy"]), st.sampled_from([0, 10]), st.booleans(),
+)
+any_records = st.one_of(
+    st.lists(sole_versions, min_size=1, max_size=1),
+    st.lists(versions, min_size=1, max_size=3),
+).map(lambda vs: encode_record(Record(tuple(vs))))
+
+
+@given(st.one_of(st.none(), any_records), any_records)
+def test_sole_writer_shortcut_only_says_yes_when_the_merge_is_the_incoming_record(
+    stored: bytes | None, incoming: bytes
+) -> None:
+    """Whenever supersedes_sole_writer says yes, merging the decoded records gives exactly the
+    incoming record, whose bytes are what encode_record stores: skipping the merge is safe."""
+    if supersedes_sole_writer(stored, incoming):
+        incoming_record = decode_record(incoming)
+        merged = merge_versions(None if stored is None else decode_record(stored),
+                                incoming_record.versions)
+        assert merged == incoming_record
+        assert encode_record(merged) == incoming
+
+
+def test_sole_writer_shortcut_covers_the_usual_replica_write() -> None:
+    """A newer write of the key's only writer, or a new key, is recognised; an older one, one
+    of another writer, a counter, two siblings or a broken record are left to the merge."""
+    block = single_writer_block("a")
+    old = encode_sole_writer(block, b"v1", 5, 0, 5, False)
+    new = encode_sole_writer(block, b"v2", 6, 0, 6, False)
+    tomb = encode_sole_writer(block, b"", 7, 0, 7, True)
+    assert supersedes_sole_writer(None, new)
+    assert supersedes_sole_writer(old, new) and supersedes_sole_writer(new, tomb)
+    assert not supersedes_sole_writer(new, old) and not supersedes_sole_writer(new, new)
+    other = encode_sole_writer(single_writer_block("b"), b"v", 9, 0, 9, False)
+    assert not supersedes_sole_writer(old, other)
+    counter = encode_record(Record((Version(b"1", (("a", 9),), 9, "a",
+                                            counter=PNCounter(0, 1, "a", (("a", 1, 0),))),)))
+    assert not supersedes_sole_writer(None, counter) and not supersedes_sole_writer(counter, new)
+    siblings = encode_record(Record((Version(b"x", (("a", 9),), 9, "a"),
+                                     Version(b"y", (("b", 9),), 9, "b"))))
+    assert not supersedes_sole_writer(None, siblings) and not supersedes_sole_writer(siblings,
+                                                                                     new)
+    assert not supersedes_sole_writer(None, new[:-1]) and not supersedes_sole_writer(None, b"")
+    bad_name = new.replace(b"\x01a\x00\x01\x01a", b"\x01\xff\x00\x01\x01\xff")
+    assert not supersedes_sole_writer(None, bad_name)
+
+
+@given(sole_versions)
+def test_encode_sole_writer_is_encode_record(version: Version) -> None:
+    """The byte-level encoder produces exactly encode_record's bytes, and reads back."""
+    ((node, counter),) = version.clock
+    raw = encode_sole_writer(single_writer_block(node), version.value, version.hlc,
+                             version.expires_at_ms, counter, version.tombstone)
+    assert raw == encode_record(Record((version,)))
+    assert sole_writer_clock(raw, single_writer_block(node)) == (version.hlc, counter)

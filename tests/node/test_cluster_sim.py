@@ -435,3 +435,26 @@ def test_cluster_keyspace_mirrors_the_local_keyspace_operations() -> None:
     assert ks1.key_count() == 3  # tombstones of a and b included until collected
     refused = wait(cluster, ks1.flush())
     assert isinstance(refused, Failure) and refused.check(NotSupported)
+
+
+def test_pipelined_sets_travel_batched_and_a_run_answers_at_its_consistency() -> None:
+    """A run of SETs (set_run, what pipelined RESP SETs use) is stored on every replica, the
+    writes reach the replicas in PUT_BATCH frames, and a connection's CONSISTENCY applies to
+    the run: with one node down, ALL fails where the default QUORUM succeeds."""
+    cluster = three_nodes(seed=17)
+    n1, n2, n3 = cluster.nodes
+    pairs = [(b"run-%d" % i, b"v%d" % i) for i in range(20)]
+    assert wait(cluster, n1.rt.keyspace.set_run(pairs)) is None
+    for key, value in pairs:
+        for node in (n1, n2, n3):
+            record = node.rt.replica.read(key)
+            assert record is not None and record.versions[0].value == value
+    served = n2.rt.coordinator.stats.served
+    assert served.get("PUT_BATCH", 0) >= 1 and served.get("PUT", 0) >= len(pairs)
+    n3.crash()
+    cluster.run(1.0)
+    strict = n1.rt.keyspace.at(ConsistencyLevel.ALL)
+    errors = wait(cluster, strict.set_run([(b"x", b"1"), (b"y", b"2")]))
+    assert isinstance(errors, list) and len(errors) == 2
+    assert all(isinstance(error, QuorumUnavailable) for error in errors)
+    assert wait(cluster, n1.rt.keyspace.set_run([(b"x", b"1"), (b"y", b"2")]), 0.5) is None

@@ -16,7 +16,13 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from twistkv.core.peerwire import Frame, quote
+from twistkv.core.peerwire import (
+    BatchEntry,
+    Frame,
+    parse_batch_outcomes,
+    put_batch_frames,
+    quote,
+)
 from twistkv.core.quorum import ConsistencyLevel
 from twistkv.core.record import Record, Version, decode_record, encode_record
 from twistkv.core.ring import Ring
@@ -497,17 +503,25 @@ def test_replica_verbs_validate_their_input(net3: Net) -> None:
     assert isinstance(val, Frame) and decode_record(val.payload).versions[0].tombstone
 
 
+def lone_coordinator(
+    name: str, store: MemoryStore, committer: GroupCommitter, clock: Clock
+) -> Coordinator:
+    """A coordinator alone in its ring over the fixtures' store and committer, for tests of
+    what it does as a replica."""
+    now = lambda: int(clock.seconds() * 1000)  # noqa: E731
+    return Coordinator(
+        name, replica=ReplicaStore(store, committer, now),
+        hints=HintStore(store, committer, now), pool=_Pool(Net(clock, []), name),
+        ring_provider=lambda: Ring([name], VNODES), alive_provider=lambda n: True,
+        address_provider=lambda n: None, reactor=clock, hlc=HybridLogicalClock(),
+    )
+
+
 def test_stand_in_acks_a_hint_only_once_durable(
     store: MemoryStore, committer: GroupCommitter, clock: Clock
 ) -> None:
     """Under fsync=always the stand-in's ACK waits for the commit holding the hint."""
-    now = lambda: int(clock.seconds() * 1000)  # noqa: E731
-    node = Coordinator(
-        "n4", replica=ReplicaStore(store, committer, now), hints=HintStore(store, committer, now),
-        pool=_Pool(Net(clock, []), "n4"), ring_provider=lambda: Ring(["n4"], VNODES),
-        alive_provider=lambda n: True, address_provider=lambda n: None, reactor=clock,
-        hlc=HybridLogicalClock(),
-    )
+    node = lone_coordinator("n4", store, committer, clock)
     record = encode_record(Record((Version(b"v", (("n1", 1),), 1, "n1"),)))
     answer = node.handle("n1", Frame("PUT", 1, {"key": "k", "hint_for": "n3"}, record))
     assert isinstance(answer, Deferred)
@@ -539,3 +553,122 @@ def test_documented_error_messages_match_the_code() -> None:
     ]
     for error in examples:
         assert str(error) in text, str(error)
+
+
+# -- PUT_BATCH, put_run and the byte-level write path ----------------------------------------
+
+
+def _batch(*entries: tuple[str, bytes, bytes]) -> Frame:
+    ((frame, _),) = put_batch_frames([BatchEntry(*entry) for entry in entries])
+    return frame.with_request_id(1)
+
+
+def test_put_batch_applies_each_record_and_refuses_bad_ones_alone(net3: Net) -> None:
+    """Each record of a PUT_BATCH is handled as its own PUT/DEL: a corrupt record and a DEL
+    carrying a live value are refused (bad_request) while the others are stored."""
+    node = net3["n2"]
+    live = encode_record(Record((Version(b"v", (("n1", 1),), 1, "n1"),)))
+    tomb = encode_record(Record((Version(b"", (("n1", 2),), 2, "n1", tombstone=True),)))
+    answer = node.handle("n1", _batch(("PUT", b"a", live), ("PUT", b"b", b"\x07junk"),
+                                      ("DEL", b"c", live), ("DEL", b"d", tomb)))
+    assert isinstance(answer, Frame) and answer.verb == "VAL"
+    assert parse_batch_outcomes(answer, 4) == [None, "bad_request", "bad_request", None]
+    assert net3.stored("n2", b"a") == [b"v"]
+    assert net3.stored("n2", b"b") == [] and net3.stored("n2", b"c") == []
+    assert node.replica.read(b"d").versions[0].tombstone  # type: ignore[union-attr]
+    assert node.stats.served["PUT_BATCH"] == 1 and node.stats.served["PUT"] == 2
+
+
+def test_put_batch_merges_concurrent_records_like_put(net3: Net) -> None:
+    """A batched record concurrent with what the replica holds becomes a sibling, and an
+    older one changes nothing, exactly as with single PUTs."""
+    node = net3["n2"]
+    mine = encode_record(Record((Version(b"mine", (("n2", 5),), 5, "n2"),)))
+    theirs = encode_record(Record((Version(b"theirs", (("n1", 3),), 3, "n1"),)))
+    older = encode_record(Record((Version(b"older", (("n2", 4),), 4, "n2"),)))
+    assert isinstance(node.handle("n1", _batch(("PUT", b"k", mine))), Frame)
+    node.handle("n1", _batch(("PUT", b"k", theirs), ("PUT", b"k", older)))
+    assert net3.stored("n2", b"k") == [b"mine", b"theirs"]
+
+
+def test_put_batch_is_refused_whole_when_malformed_or_shutting_down(net3: Net) -> None:
+    """A broken batch layout is one bad_request; a stopped node refuses the whole batch."""
+    node = net3["n2"]
+    broken = node.handle("n1", Frame("PUT_BATCH", 1, {}, b"\x00\x00\x00\x02"))
+    assert isinstance(broken, Frame) and broken.fields["code"] == "bad_request"
+    node.shutdown()
+    live = encode_record(Record((Version(b"v", (("n1", 1),), 1, "n1"),)))
+    refused = node.handle("n1", _batch(("PUT", b"a", live)))
+    assert isinstance(refused, Frame) and refused.verb == "NACK"
+    assert refused.fields["reason"] == "shutting_down"
+
+
+def test_put_batch_answers_once_every_record_is_durable(
+    store: MemoryStore, committer: GroupCommitter, clock: Clock
+) -> None:
+    """Under fsync=always the batch's answer waits for the commit holding its records."""
+    node = lone_coordinator("n2", store, committer, clock)
+    live = encode_record(Record((Version(b"v", (("n1", 1),), 1, "n1"),)))
+    answer = node.handle("n1", _batch(("PUT", b"a", live), ("PUT", b"b", b"\x07junk"),
+                                      ("PUT", b"c", live)))
+    assert isinstance(answer, Deferred)
+    results = outcome(answer)
+    assert results == []
+    clock.advance(0)
+    (frame,) = results
+    assert isinstance(frame, Frame)
+    assert parse_batch_outcomes(frame, 3) == [None, "bad_request", None]
+
+
+def test_repeated_blind_writes_mint_what_the_general_path_would(net3: Net) -> None:
+    """The byte-level mint of a blind write on a key held as this node's own record gives the
+    version new_version() would: one clock entry, strictly growing, equal to the HLC stamp;
+    every replica stores exactly that record."""
+    first = outcome(net3["n1"].put(b"k", b"one"))
+    net3.run()
+    second = outcome(net3["n1"].put(b"k", b"two"))
+    net3.run()
+    (v1,), (v2,) = first, second
+    assert isinstance(v1, Version) and isinstance(v2, Version)
+    assert v1.clock == (("n1", v1.hlc),) and v2.clock == (("n1", v2.hlc),)
+    assert v2.hlc > v1.hlc
+    for name in ("n1", "n2", "n3"):
+        assert net3[name].replica.read(b"k") == Record((v2,))
+
+
+def test_a_blind_write_over_another_writers_version_still_descends_it(net3: Net) -> None:
+    """A key last written by another node takes the general mint: the new version's clock
+    covers the old one, so it replaces it everywhere instead of becoming a sibling."""
+    outcome(net3["n2"].put(b"k", b"from-n2"))
+    net3.run()
+    results = outcome(net3["n1"].put(b"k", b"from-n1"))
+    net3.run()
+    (version,) = results
+    assert isinstance(version, Version) and dict(version.clock).keys() == {"n1", "n2"}
+    for name in ("n1", "n2", "n3"):
+        assert net3.stored(name, b"k") == [b"from-n1"]
+
+
+def test_put_run_writes_every_key_and_fires_once(net3: Net) -> None:
+    """put_run coordinates each write like put (a key written twice keeps the later value)
+    and fires one Deferred with None once all were acknowledged."""
+    results = outcome(net3["n1"].put_run([(b"a", b"1"), (b"b", b"2"), (b"a", b"3")]))
+    assert results == []
+    net3.run()
+    assert results == [None]
+    for name in ("n1", "n2", "n3"):
+        assert net3.stored(name, b"a") == [b"3"] and net3.stored(name, b"b") == [b"2"]
+
+
+def test_put_run_reports_each_write_once_every_write_settled(net3: Net) -> None:
+    """A run with a write that cannot succeed fires once the others have settled, with one
+    outcome per write in order (None: acknowledged; the error put would give otherwise),
+    and the others are written."""
+    results = outcome(net3["n1"].put_run([(b"ok", b"1"), (b"k" * (16 * 1024 + 1), b"2"),
+                                          (b"ok2", b"3")]))
+    assert results == []
+    net3.run()
+    (errors,) = results
+    assert isinstance(errors, list) and len(errors) == 3
+    assert errors[0] is None and errors[2] is None and isinstance(errors[1], KeyTooLong)
+    assert net3.stored("n2", b"ok") == [b"1"] and net3.stored("n2", b"ok2") == [b"3"]

@@ -18,7 +18,16 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
-from twistkv.core.peerwire import Frame, FrameDecoder, HandshakeConfig, Role, error_frame
+from twistkv.core.peerwire import (
+    SUPPORTED_FEATURES,
+    Frame,
+    FrameDecoder,
+    HandshakeConfig,
+    Role,
+    batch_outcomes_frame,
+    error_frame,
+    parse_put_batch,
+)
 from twistkv.node.peer import (
     PeerBusy,
     PeerClientPool,
@@ -36,8 +45,9 @@ from twistkv.node.peer import (
 CLUSTER = "test"
 
 
-def config(node: str, secret: bytes | None = None) -> HandshakeConfig:
-    return HandshakeConfig(CLUSTER, node, f"{node}:7380", secret)
+def config(node: str, secret: bytes | None = None,
+           features: frozenset[str] = SUPPORTED_FEATURES) -> HandshakeConfig:
+    return HandshakeConfig(CLUSTER, node, f"{node}:7380", secret, features=features)
 
 
 class RecordingTransport(iosim.FakeTransport):
@@ -76,6 +86,7 @@ class Pair:
         client_secret: bytes | None = None,
         server_secret: bytes | None = None,
         limits: PeerLimits | None = None,
+        server_features: frozenset[str] = SUPPORTED_FEATURES,
     ) -> None:
         limits = limits or PeerLimits()
         self.clock = MemoryReactorClock()
@@ -86,7 +97,8 @@ class Pair:
             on_lost=lambda p, why: self.lost.__setitem__("client", why),
         )
         self.server = PeerProtocol(
-            self.clock, Role.RESPONDER, config("b", server_secret), server_handler,
+            self.clock, Role.RESPONDER, config("b", server_secret, server_features),
+            server_handler,
             random.Random(2), limits,
             on_lost=lambda p, why: self.lost.__setitem__("server", why),
         )
@@ -667,3 +679,181 @@ def test_server_factory_closes_its_connections() -> None:
     done = net.server_factory.close_connections()
     net.flush()
     assert result_of(done) is None and not net.server_factory.connections
+
+
+# -- PUT_BATCH: put() (docs/peer-protocol.md §5.2.1) -------------------------------------------
+
+
+class BatchReplica:
+    """A replica handler that records what it receives and refuses the key "refuse"."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        #: Answer every request with this instead (a Deferred never fired: no answer).
+        self.hold: Frame | Deferred[Frame | None] | None = None
+
+    def __call__(self, peer: str, frame: Frame) -> Frame | Deferred[Frame | None]:
+        self.frames.append(frame)
+        if self.hold is not None:
+            return self.hold
+        if frame.verb == "PUT_BATCH":
+            entries = parse_put_batch(frame)
+            return batch_outcomes_frame(
+                ["overloaded" if key == b"refuse" else None for _, key, _ in entries])
+        return Frame("ACK", 0)
+
+
+def test_put_records_of_one_turn_travel_in_one_put_batch_with_per_record_outcomes() -> None:
+    """Records put in one turn leave as one PUT_BATCH (one write), and each record gets its
+    own outcome: a record the replica refuses is refused alone."""
+    replica = BatchReplica()
+    pair = Pair(replica)
+    pair.flush()
+    assert pair.client.batches_puts
+    seen: list[tuple[str, str, str]] = []
+
+    def answered(frame: Frame, tag: str) -> None:
+        seen.append((tag, frame.verb, frame.fields.get("reason", "")))
+
+    before = len(pair.client_io.writes)
+    for key in (b"a", b"refuse", b"c"):
+        pair.client.put("PUT", key, b"record-" + key, 5.0, answered, no_handler, key.decode())
+    pair.client.put("DEL", b"d", b"tomb", 5.0, answered, no_handler, "d")
+    assert len(pair.client_io.writes) == before  # sent at the turn's end
+    pair.clock.advance(0)
+    assert len(pair.client_io.writes) == before + 1
+    pair.flush()
+    (frame,) = replica.frames
+    assert frame.verb == "PUT_BATCH"
+    assert [tuple(entry) for entry in parse_put_batch(frame)] == [
+        ("PUT", b"a", b"record-a"), ("PUT", b"refuse", b"record-refuse"),
+        ("PUT", b"c", b"record-c"), ("DEL", b"d", b"tomb")]
+    assert seen == [("a", "ACK", ""), ("refuse", "NACK", "overloaded"), ("c", "ACK", ""),
+                    ("d", "ACK", "")]
+    assert pair.client.outstanding == 0
+
+
+def test_put_to_a_peer_without_put_batch_sends_one_put_per_record() -> None:
+    """An old peer (no features in its HELLO) gets the single-record verbs, never PUT_BATCH."""
+    replica = BatchReplica()
+    pair = Pair(replica, server_features=frozenset())
+    pair.flush()
+    assert not pair.client.batches_puts and pair.client.peer is not None
+    assert pair.client.peer.features == frozenset()
+    seen: list[str] = []
+    for key in (b"a", b"b"):
+        pair.client.put("PUT", key, b"r", 5.0, lambda frame, tag: seen.append(tag),
+                        no_handler, key.decode())
+    pair.client.put("DEL", b"c", b"r", 5.0, lambda frame, tag: seen.append(tag), no_handler, "c")
+    pair.flush()
+    assert [(f.verb, f.fields["key"]) for f in replica.frames] == [
+        ("PUT", "a"), ("PUT", "b"), ("DEL", "c")]
+    assert seen == ["a", "b", "c"]
+
+
+def test_put_batch_failures_reach_every_record_of_the_batch() -> None:
+    """A batch that times out fails each of its records (PeerTimeout, at the shortest of their
+    timeouts); a NACK refusing the whole batch is each record's answer; records queued when
+    the connection goes fail as unavailable."""
+    replica = BatchReplica()
+    replica.hold = Deferred()
+    pair = Pair(replica)
+    pair.flush()
+    seen: list[tuple[str, str]] = []
+    failed = lambda failure, tag: seen.append((tag, type(failure.value).__name__))  # noqa: E731
+    answered = lambda frame, tag: seen.append((tag, frame.verb))  # noqa: E731
+    pair.client.put("PUT", b"a", b"r", 5.0, answered, failed, "a")
+    pair.client.put("PUT", b"b", b"r", 1.0, answered, failed, "b")
+    pair.flush()
+    pair.clock.advance(1.0)
+    assert seen == [("a", "PeerTimeout"), ("b", "PeerTimeout")]
+
+    seen.clear()
+    replica.hold = Frame("NACK", 0, {"reason": "shutting_down"})
+    pair.client.put("PUT", b"c", b"r", 5.0, answered, failed, "c")
+    pair.client.put("PUT", b"d", b"r", 5.0, answered, failed, "d")
+    pair.flush()
+    assert seen == [("c", "NACK"), ("d", "NACK")]
+
+    seen.clear()
+    pair.client.put("PUT", b"e", b"r", 5.0, answered, failed, "e")
+    pair.client_io.loseConnection()
+    pair.flush()
+    assert seen == [("e", "PeerUnavailable")]
+
+
+def test_pool_put_batches_on_the_connection_and_sends_single_puts_while_connecting() -> None:
+    """Before the connection is up a record is queued as a plain PUT; once it is up, the
+    records of a turn share one PUT_BATCH."""
+    received: list[str] = []
+
+    def handler(peer: str, frame: Frame) -> Frame:
+        received.append(frame.verb)
+        if frame.verb == "PUT_BATCH":
+            return batch_outcomes_frame([None] * len(parse_put_batch(frame)))
+        return Frame("ACK", 0)
+
+    net = FakeNet(handler)
+    seen: list[tuple[str, str]] = []
+    record = lambda frame, tag: seen.append((frame.verb, tag))  # noqa: E731
+    net.pool.put("b:7380", "PUT", b"k0", b"r", None, record, record, "queued")
+    net.flush()
+    for i in range(3):
+        net.pool.put("b:7380", "PUT", b"k%d" % i, b"r", 1.0, record, record, str(i))
+    net.clock.advance(0)
+    net.flush()
+    assert received == ["PUT", "PUT_BATCH"]
+    assert seen == [("ACK", "queued"), ("ACK", "0"), ("ACK", "1"), ("ACK", "2")]
+
+
+def test_records_put_by_a_failing_batchs_callbacks_still_leave() -> None:
+    """A batch refused at send time (too many requests outstanding) fails its records at
+    once; a record its callback puts again, during that flush, is sent in the same flush."""
+    replica = BatchReplica()
+    pair = Pair(replica, limits=PeerLimits(max_outstanding=1))
+    pair.flush()
+    blocker = pair.client.request(Frame("PING", 0), 5.0)  # the one slot: held until flushed
+    seen: list[str] = []
+
+    def failed(failure: Failure, tag: str) -> None:
+        seen.append(f"{tag}:{type(failure.value).__name__}")
+        if tag == "first":
+            pair.client.put("PUT", b"again", b"r", 5.0, answered, failed, "again")
+
+    def answered(frame: Frame, tag: str) -> None:
+        seen.append(f"{tag}:{frame.verb}")
+
+    pair.client.put("PUT", b"k", b"r", 5.0, answered, failed, "first")
+    pair.clock.advance(0)
+    assert seen == ["first:PeerBusy", "again:PeerBusy"]
+    pair.flush()
+    assert result_of(blocker).verb == "PONG"
+
+
+def test_a_callback_that_keeps_putting_cannot_hold_the_flush() -> None:
+    """Records put again and again by failing callbacks go out a few batches per flush and
+    the rest at the next turn's flush: one reactor turn is never stuck in a flush."""
+    pair = Pair(BatchReplica(), limits=PeerLimits(max_outstanding=1))
+    pair.flush()
+    pair.client.request(Frame("PING", 0), 5.0)  # holds the only slot until flushed
+    failures: list[str] = []
+
+    def failed(failure: Failure) -> None:
+        failures.append(type(failure.value).__name__)
+        if len(failures) < 10:
+            pair.client.put("PUT", b"k", b"r", 5.0, no_handler, failed)
+
+    def one_turn() -> None:
+        """Run the flush armed for this turn, and only it (Clock.advance would also run
+        what it arms for the next turn)."""
+        (call,) = [call for call in pair.clock.getDelayedCalls()
+                   if call.func == pair.client._flush]
+        flush = call.func
+        call.cancel()
+        flush()
+
+    pair.client.put("PUT", b"k", b"r", 5.0, no_handler, failed)
+    one_turn()
+    assert failures == ["PeerBusy"] * 4
+    one_turn()
+    assert failures == ["PeerBusy"] * 8

@@ -418,3 +418,45 @@ def test_a_run_whose_sync_fails_answers_every_command_with_the_error(
         assert isinstance(error, hiredis.ReplyError)
         assert "may not be durable" in str(error) and "disk on fire" in str(error)
     assert context.stats.commands["SET"].errors == 3
+
+
+class ReplicatedRuns:
+    """A keyspace whose runs of SETs settle later, some writes failing, like the cluster's."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+        self.runs: list[tuple[list[tuple[bytes, bytes]], Deferred[object]]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def set_run(self, pairs: list[tuple[bytes, bytes]]) -> Deferred[object]:
+        d: Deferred[object] = Deferred()
+        self.runs.append((pairs, d))
+        return d
+
+
+def test_a_run_whose_writes_end_differently_answers_each_command_its_own_outcome(
+    context: NodeContext,
+) -> None:
+    """In a cluster one write of a pipelined run can fail while the others succeed: each
+    command gets its own reply (+OK or its UNAVAILABLE error), in order, behind the replies
+    before it, and only the failed one counts as an error."""
+    from twistkv.node.coordinator import QuorumUnavailable
+
+    replicated = ReplicatedRuns(context.keyspace)
+    context.keyspace = replicated  # type: ignore[assignment]
+    protocol, transport = connect(context)
+    protocol.dataReceived(b"PING\r\n" + b"".join(
+        encode([b"SET", key, b"v"], 2) for key in (b"a", b"b", b"c")))
+    (pairs, settled), = replicated.runs
+    assert pairs == [(b"a", b"v"), (b"b", b"v"), (b"c", b"v")]
+    assert replies(transport) == [b"PONG"]
+    lost = QuorumUnavailable("write", 1, 2, ["n1", "n2"], {"n2": "timed out"})
+    settled.callback([None, lost, None])
+    got = replies(transport)
+    assert got[0] == b"OK" and got[2] == b"OK"
+    assert isinstance(got[1], hiredis.ReplyError)
+    assert str(got[1]).startswith("UNAVAILABLE write reached 1 of 2 required replicas")
+    assert context.stats.commands["SET"].calls == 3
+    assert context.stats.commands["SET"].errors == 1

@@ -291,3 +291,21 @@ def test_concurrent_counters_merge_on_apply_and_in_hints(
     hints.add("n3", b"k", (b,))
     (hint,) = hints.pending_for("n3")
     assert live_value(hint.record, 0).value == b"5"  # type: ignore[union-attr]
+
+
+def test_replace_stores_the_bytes_as_given_and_counts_them(
+    replica: ReplicaStore, clock: Clock
+) -> None:
+    """replace() is apply() without the merge, for a caller that read raw() and knows its
+    record supersedes it: the bytes are stored as is, counted, and acknowledged once durable."""
+    first = encode_record(Record((version(b"one", "n1", 1),)))
+    assert replica.raw(b"k") is None
+    wait = replica.replace(b"k", first, None)
+    results = fired(wait)
+    assert results == [] and replica.raw(b"k") == first
+    clock.advance(0)
+    assert results == [None]
+    second = encode_record(Record((version(b"two", "n1", 2, hlc=2),)))
+    replica.replace(b"k", second, replica.raw(b"k"))
+    assert replica.read(b"k") == Record((version(b"two", "n1", 2, hlc=2),))
+    assert (replica.stats.records, replica.stats.applied) == (1, 2)

@@ -22,10 +22,11 @@ import heapq
 import hmac
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
+from typing import Any, NamedTuple
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -57,6 +58,15 @@ __all__ = [
     "IncrRequest",
     "incr_frame",
     "parse_incr",
+    "FEATURE_PUT_BATCH",
+    "SUPPORTED_FEATURES",
+    "MAX_BATCH_RECORDS",
+    "MAX_BATCH_BYTES",
+    "BatchEntry",
+    "put_batch_frames",
+    "parse_put_batch",
+    "batch_outcomes_frame",
+    "parse_batch_outcomes",
 ]
 
 #: Bumped on any incompatible change; peers must speak the same version.
@@ -69,6 +79,19 @@ DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
 MAX_REQUEST_ID = 2**63 - 1
 #: Frames about the connection itself (HELLO, AUTH, fatal ERROR) rather than one request.
 CONNECTION_REQUEST_ID = 0
+#: HELLO feature: the sender accepts C{PUT_BATCH} (§5.2, §8).
+FEATURE_PUT_BATCH = "put_batch"
+#: Every feature this implementation offers in HELLO.
+SUPPORTED_FEATURES: frozenset[str] = frozenset({FEATURE_PUT_BATCH})
+#: Most records one C{PUT_BATCH} may carry; a receiver refuses more (C{bad_request}).
+MAX_BATCH_RECORDS = 1024
+#: Payload size a sender aims at per C{PUT_BATCH}: more records start another frame (a single
+#: larger record still travels, alone); the receiver's payload limit is the hard bound.
+MAX_BATCH_BYTES = 1024 * 1024
+#: Longest key a C{PUT_BATCH} entry may carry (the coordinator's key limit, §2).
+MAX_BATCH_KEY = 16 * 1024
+_MAX_FEATURES = 32  # names read from one HELLO's features field
+_FEATURE = re.compile(r"[a-z0-9_]+")
 
 #: Every verb of the wire vocabulary -> its purpose (the spec's verb table mirrors this).
 VERBS: Mapping[str, str] = MappingProxyType(
@@ -83,7 +106,8 @@ VERBS: Mapping[str, str] = MappingProxyType(
         "DEL": "store a tombstone record on a replica",
         "ACK": "a replica applied a PUT, DEL, HINT or RB_PUT",
         "NACK": "a replica could not serve a request",
-        "VAL": "answer carrying a value: a GET's record, a STATS snapshot, an AE_* or RB_* answer",
+        "VAL": "answer carrying a value: a GET's record, a STATS snapshot, an AE_* or RB_* "
+               "answer, a PUT_BATCH's per-record outcomes",
         "INCR": "ask a key's acting replica to add to its PN-counter entry and replicate the result",
         "HINT": "deliver a hinted record from a stand-in to its recovered owner",
         "STATS": "ask a node for its statistics snapshot",
@@ -99,6 +123,7 @@ VERBS: Mapping[str, str] = MappingProxyType(
         "RB_STATUS": "ask a node for its view of the ring and the range movements under way",
         "RB_FETCH": "ask a node for a chunk of its records in token ranges (range streaming)",
         "RB_PUT": "deliver a chunk of streamed records to a range's new owner",
+        "PUT_BATCH": "store several records on a replica in one frame, answered per record",
     }
 )
 
@@ -573,8 +598,14 @@ class HandshakeConfig:
     #: Shared cluster secret; None disables authentication.
     secret: bytes | None = None
     version: int = PROTOCOL_VERSION
+    #: Optional capabilities offered in HELLO's C{features} field (§8); a capability is
+    #: used on a connection only when both ends offer it (L{Established.features}).
+    features: frozenset[str] = field(default_factory=lambda: SUPPORTED_FEATURES)
 
     def __post_init__(self) -> None:
+        for feature in self.features:
+            if not _FEATURE.fullmatch(feature):
+                raise ValueError(f"feature name {feature!r} is not [a-z0-9_]+")
         if not self.node_id or len(self.node_id.encode("utf-8")) > _MAX_NODE_ID:
             raise ValueError(f"node id must be 1..{_MAX_NODE_ID} UTF-8 bytes")
         if self.secret is not None and not self.secret:
@@ -589,6 +620,8 @@ class Established:
     peer_address: str
     #: Whether the peer proved knowledge of the cluster secret.
     authenticated: bool
+    #: Capabilities both ends offered: what may be used on this connection.
+    features: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -614,6 +647,7 @@ class _PeerHello:
     node_id: str
     address: str
     nonce: bytes
+    features: frozenset[str] = frozenset()
 
 
 class _State(Enum):
@@ -726,7 +760,8 @@ class Handshake:
     def _established(self) -> Established:
         assert self._peer is not None
         return Established(
-            self._peer.node_id, self._peer.address, authenticated=self._config.secret is not None
+            self._peer.node_id, self._peer.address, authenticated=self._config.secret is not None,
+            features=self._peer.features & self._config.features,
         )
 
     def _hello(self, proof: str | None) -> Frame:
@@ -738,6 +773,8 @@ class Handshake:
             "addr": quote(config.address),
             "auth": _AUTH_NONE if config.secret is None else _AUTH_HMAC,
         }
+        if config.features:
+            fields["features"] = ",".join(sorted(config.features))
         if config.secret is not None:
             fields["nonce"] = self._own.nonce.hex()
         if proof is not None:
@@ -842,7 +879,12 @@ class Handshake:
                 )
         if node_id == config.node_id:
             raise PeerProtocolError("self_connection", f"node {_snippet(node_id)} dialled itself")
-        return _PeerHello(node_id, address, nonce)
+        # Unknown feature names are ignored (a newer peer), malformed ones too: a feature is
+        # only ever an offer, never required, so a bad list just means "none of ours".
+        offered = frame.fields.get("features", "")
+        features = frozenset(name for name in offered.split(",")[:_MAX_FEATURES]
+                             if name in config.features)
+        return _PeerHello(node_id, address, nonce, features)
 
     @staticmethod
     def _text(frame: Frame, key: str) -> str:
@@ -982,3 +1024,178 @@ def parse_incr(frame: Frame) -> IncrRequest:
     if frame.payload:
         raise PeerProtocolError("bad_request", "INCR carries no payload")
     return IncrRequest(unquote(fields["key"]), delta, consistency)
+
+
+# -- PUT_BATCH (docs/peer-protocol.md §5.2) ----------------------------------------------------
+#
+#   PUT_BATCH <id> len=<n>  + count(u32) (kind(u8) key_len(u32) key record_len(u32) record)*
+#   VAL <id> len=<n>        + count(u32) (reason_len(u8) reason)*     reason "" = applied (ACK)
+#
+# kind 0 is a PUT, 1 a DEL. Sent only on connections whose peer offered FEATURE_PUT_BATCH.
+
+_BATCH_KINDS = ("PUT", "DEL")
+_BATCH_KIND_CODES = {"PUT": 0, "DEL": 1}
+_ENTRY_HEAD = struct.Struct(">BI")
+_ENTRY_OVERHEAD = 9  # kind, key length, record length
+_REASON = re.compile(r"[a-z0-9_]{1,64}")
+_NO_BATCH_FIELDS: MappingProxyType[str, str] = MappingProxyType({})
+
+
+class BatchEntry(NamedTuple):
+    """One record of a C{PUT_BATCH}: C{verb} is C{PUT} or C{DEL}, as for the single verbs."""
+
+    verb: str
+    key: bytes
+    record: bytes
+
+
+def put_batch_frames(
+    entries: Sequence[BatchEntry | tuple[Any, ...]],
+    max_records: int = MAX_BATCH_RECORDS,
+    max_bytes: int = MAX_BATCH_BYTES,
+) -> list[tuple[Frame, int]]:
+    """The C{PUT_BATCH} frames carrying C{entries} in order, each with how many it holds.
+
+    An entry is a L{BatchEntry} or any tuple starting with its three fields (verb, key,
+    record): a sender can keep what it needs per record in the same tuple. A frame closes at C{max_records} records or before its payload would pass C{max_bytes}
+    (a record larger than that travels alone).
+
+    @raise InvalidFrameError: a verb other than PUT/DEL, or a key longer than
+        L{MAX_BATCH_KEY} (our bug: the coordinator checks keys first).
+    """
+    if not 1 <= max_records <= MAX_BATCH_RECORDS:
+        raise ValueError(f"max_records must be in 1..{MAX_BATCH_RECORDS}")
+    frames: list[tuple[Frame, int]] = []
+    parts: list[bytes] = []
+    count = size = 0
+    pack = _ENTRY_HEAD.pack
+    u32 = _U32.pack
+    codes = _BATCH_KIND_CODES
+    for entry in entries:
+        verb, key, record = entry[0], entry[1], entry[2]
+        code = codes.get(verb)
+        if code is None:
+            raise InvalidFrameError("bad_request", f"{verb!r} cannot travel in a PUT_BATCH")
+        if len(key) > MAX_BATCH_KEY:
+            raise InvalidFrameError("bad_request", f"key of {len(key)} bytes in a PUT_BATCH")
+        entry_size = _ENTRY_OVERHEAD + len(key) + len(record)
+        if count and (count >= max_records or size + entry_size > max_bytes):
+            frames.append((_batch_frame(count, parts), count))
+            parts = []
+            count = size = 0
+        parts += (pack(code, len(key)), key, u32(len(record)), record)
+        count += 1
+        size += entry_size
+    if count:
+        frames.append((_batch_frame(count, parts), count))
+    return frames
+
+
+def _batch_frame(count: int, parts: list[bytes]) -> Frame:
+    return Frame._trusted("PUT_BATCH", 0, _NO_BATCH_FIELDS, _U32.pack(count) + b"".join(parts))
+
+
+def parse_put_batch(frame: Frame) -> list[BatchEntry]:
+    """The entries of a received C{PUT_BATCH}.
+
+    The frame as a whole is refused when malformed: a record that decodes badly is the
+    receiver's per-record business, but a broken entry layout loses the framing of the rest.
+
+    @raise PeerProtocolError: C{bad_request} for a missing payload, a count of 0 or above
+        L{MAX_BATCH_RECORDS}, an unknown kind, an empty or too long key, an empty record,
+        truncation or trailing bytes.
+    """
+    data = frame.payload
+    if len(data) < 4:
+        raise PeerProtocolError("bad_request", "PUT_BATCH carries no entry count")
+    (count,) = _U32.unpack_from(data, 0)
+    if not 1 <= count <= MAX_BATCH_RECORDS:
+        raise PeerProtocolError(
+            "bad_request", f"PUT_BATCH holds {count} records, allowed 1..{MAX_BATCH_RECORDS}")
+    entries: list[BatchEntry] = []
+    append = entries.append
+    unpack = _ENTRY_HEAD.unpack_from
+    u32 = _U32.unpack_from
+    kinds = _BATCH_KINDS
+    offset = 4
+    size = len(data)
+    try:
+        for _ in range(count):
+            code, key_len = unpack(data, offset)
+            if code >= len(kinds):
+                raise PeerProtocolError("bad_request", f"PUT_BATCH entry kind {code} is unknown")
+            if not 0 < key_len <= MAX_BATCH_KEY:
+                raise PeerProtocolError("bad_request", f"PUT_BATCH key length {key_len}")
+            start = offset + 5
+            end = start + key_len
+            (record_len,) = u32(data, end)
+            record_start = end + 4
+            offset = record_start + record_len
+            if not record_len or offset > size:
+                raise PeerProtocolError("bad_request", "PUT_BATCH record is empty or truncated")
+            append(_tuple_new(BatchEntry, (kinds[code], data[start:end],
+                                           data[record_start:offset])))
+    except struct.error:
+        raise PeerProtocolError("bad_request", "PUT_BATCH entry is truncated") from None
+    if offset != size:
+        raise PeerProtocolError("bad_request", f"{size - offset} bytes after the last entry")
+    return entries
+
+
+def batch_outcomes_frame(outcomes: Sequence[str | None]) -> Frame:
+    """The C{VAL} answering a C{PUT_BATCH}: per record, None when applied (as an C{ACK}
+    would say) or the C{NACK} reason code refusing it (C{storage_error}, C{bad_request}...).
+
+    @raise InvalidFrameError: a reason that is not C{[a-z0-9_]{1,64}} (our bug).
+    """
+    head = _U32.pack(len(outcomes))
+    if not any(outcomes):
+        payload = head + bytes(len(outcomes))
+    else:
+        parts = [head]
+        for reason in outcomes:
+            if reason is None:
+                parts.append(b"\x00")
+                continue
+            if not _REASON.fullmatch(reason):
+                raise InvalidFrameError("bad_request", f"reason {_snippet(reason)} is invalid")
+            parts.append(bytes((len(reason),)) + reason.encode("ascii"))
+        payload = b"".join(parts)
+    return Frame._trusted("VAL", 0, _NO_BATCH_FIELDS, payload)
+
+
+def parse_batch_outcomes(frame: Frame, expected: int) -> list[str | None]:
+    """Per-record outcomes from the C{VAL} answering a C{PUT_BATCH} of C{expected} records.
+
+    @raise PeerProtocolError: C{bad_request} when the answer does not hold exactly
+        C{expected} well-formed outcomes.
+    """
+    data = frame.payload
+    if len(data) == 4 + expected and data.count(0, 4) == expected:
+        if _U32.unpack_from(data, 0)[0] == expected:
+            return [None] * expected  # the usual answer: every record applied
+    if len(data) < 4 or _U32.unpack_from(data, 0)[0] != expected:
+        raise PeerProtocolError("bad_request", f"PUT_BATCH answer does not hold {expected} "
+                                               "outcomes")
+    outcomes: list[str | None] = []
+    offset = 4
+    try:
+        for _ in range(expected):
+            length = data[offset]
+            offset += 1
+            if not length:
+                outcomes.append(None)
+                continue
+            reason = data[offset:offset + length].decode("ascii")
+            offset += length
+            if not _REASON.fullmatch(reason):
+                raise PeerProtocolError("bad_request", f"bad reason {_snippet(reason)}")
+            outcomes.append(reason)
+    except (IndexError, UnicodeDecodeError):
+        raise PeerProtocolError("bad_request", "PUT_BATCH answer is truncated") from None
+    if offset != len(data):
+        raise PeerProtocolError("bad_request", "trailing bytes after the PUT_BATCH outcomes")
+    return outcomes
+
+
+_tuple_new = tuple.__new__

@@ -34,6 +34,7 @@ __all__ = [
     "InvalidConsistencyLevel",
     "ConsistencyLevel",
     "Replica",
+    "ReplicaSet",
     "Status",
     "FailureReason",
     "WriteOutcome",
@@ -101,6 +102,22 @@ def _replica_set(replicas: Iterable[Replica | str]) -> tuple[Replica, ...]:
     return targets
 
 
+class ReplicaSet:
+    """A validated, immutable set of targets, shared by the requests that go to it.
+
+    A coordinator writing to the same replicas again and again (every key of a range, with
+    every owner alive) builds one and passes it to each L{WriteCoordination}, which then
+    skips validating and indexing the targets per request.
+    """
+
+    __slots__ = ("replicas", "by_node")
+
+    def __init__(self, replicas: Iterable[Replica | str]) -> None:
+        self.replicas = _replica_set(replicas)
+        self.by_node: Mapping[str, Replica] = MappingProxyType(
+            {replica.node: replica for replica in self.replicas})
+
+
 def _check_required(required: int, replicas: Sequence[Replica], what: str) -> None:
     if not 1 <= required <= len(replicas):
         raise ValueError(f"{what} must be in 1..{len(replicas)}, got {required}")
@@ -140,21 +157,30 @@ class WriteOutcome:
 class WriteCoordination:
     """Collects acks for one replicated write until W distinct replicas acked."""
 
+    __slots__ = ("request_id", "replicas", "required_acks", "deadline", "_by_node", "_acked",
+                 "_nacked", "_hinted", "_outcome")
+
     def __init__(
         self,
         request_id: int,
-        replicas: Iterable[Replica | str],
+        replicas: Iterable[Replica | str] | ReplicaSet,
         required_acks: int,
         deadline: float,
     ) -> None:
         self.request_id = request_id
-        self.replicas = _replica_set(replicas)
+        if type(replicas) is ReplicaSet:
+            self.replicas = replicas.replicas
+            self._by_node = replicas.by_node
+        else:
+            self.replicas = _replica_set(replicas)  # type: ignore[arg-type]
+            self._by_node = {replica.node: replica for replica in self.replicas}
         _check_required(required_acks, self.replicas, "required_acks")
         self.required_acks = required_acks
         self.deadline = deadline
-        self._by_node = {replica.node: replica for replica in self.replicas}
         self._acked: dict[str, Replica] = {}
         self._nacked: dict[str, str] = {}
+        #: Of the acks, how many came from stand-ins (kept, not recounted on every ack).
+        self._hinted = 0
         self._outcome = self._tally()
 
     @property
@@ -168,9 +194,18 @@ class WriteCoordination:
 
     def on_ack(self, node: str) -> WriteOutcome:
         """A replica durably applied the write."""
-        if self._counts(node):
-            self._acked[node] = self._by_node[node]
-            self._outcome = self._tally()
+        # _counts, inlined: every write sees W or more of these.
+        if (
+            self._outcome.status is Status.PENDING
+            and node not in self._acked
+            and node not in self._nacked
+        ):
+            replica = self._by_node.get(node)
+            if replica is not None:
+                self._acked[node] = replica
+                if replica.hinted_for is not None:
+                    self._hinted += 1
+                self._outcome = self._tally()
         return self._outcome
 
     def on_nack(self, node: str, reason: str) -> WriteOutcome:
@@ -199,25 +234,26 @@ class WriteCoordination:
         acks = len(self._acked)
         nacks = len(self._nacked)
         missing = len(self.replicas) - acks - nacks
-        if acks >= self.required_acks:
-            status, reason = Status.SUCCEEDED, None
-        elif acks + missing < self.required_acks:
-            status, reason = Status.FAILED, FailureReason.REFUSED
-        elif timeout is not None:
-            status, reason = Status.FAILED, timeout
-        else:
-            status, reason = Status.PENDING, None
-        hinted = sum(1 for replica in self._acked.values() if replica.hinted_for is not None)
         # Outcomes are immutable and few (counts bounded by the replica count): share them,
-        # since building a frozen dataclass on every ack was a visible cost per write.
-        key = (status, acks, hinted, nacks, missing, reason)
+        # since building a frozen dataclass on every ack was a visible cost per write. The
+        # key holds only ints (an Enum hashes in Python).
+        key = (acks, self._hinted, nacks, missing, self.required_acks, timeout is not None)
         outcome = _WRITE_OUTCOMES.get(key)
         if outcome is None:
-            outcome = _WRITE_OUTCOMES[key] = WriteOutcome(*key)
+            if acks >= self.required_acks:
+                status, reason = Status.SUCCEEDED, None
+            elif acks + missing < self.required_acks:
+                status, reason = Status.FAILED, FailureReason.REFUSED
+            elif timeout is not None:
+                status, reason = Status.FAILED, timeout
+            else:
+                status, reason = Status.PENDING, None
+            outcome = _WRITE_OUTCOMES[key] = WriteOutcome(status, acks, self._hinted, nacks,
+                                                          missing, reason)
         return outcome
 
 
-_WRITE_OUTCOMES: dict[tuple[object, ...], WriteOutcome] = {}
+_WRITE_OUTCOMES: dict[tuple[int, int, int, int, int, bool], WriteOutcome] = {}
 
 
 @dataclass(frozen=True)

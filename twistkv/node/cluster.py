@@ -113,8 +113,6 @@ _log = Logger()
 #: the same value as C{twistkv.node.keyspace.KEEP_TTL}.
 KEEP_TTL = -1
 
-#: Member states in which a node is contacted; DEAD nodes stay in the ring but get hints.
-_ROUTABLE = frozenset({MemberState.ALIVE, MemberState.SUSPECT})
 #: Store prefix of the persisted ring: node id -> peer address.
 RING_PREFIX = b"mring/"
 _RING_END = b"mring0"
@@ -407,7 +405,13 @@ class ClusterRuntime:
         if node_id == self.node_id:
             return True
         member = self.membership.get(node_id)
-        return member is not None and member.state in _ROUTABLE
+        if member is None:
+            return False
+        state = member.state
+        # ALIVE or SUSPECT are contacted; DEAD nodes stay in the ring but get hints. Tested
+        # by identity rather than in a set: an Enum hashes in Python, and this runs per
+        # replica of every request.
+        return state is MemberState.ALIVE or state is MemberState.SUSPECT
 
     def address_of(self, node_id: str) -> str | None:
         """The peer address membership knows for C{node_id} (else the persisted one)."""
@@ -704,6 +708,9 @@ class ClusterKeyspace:
             consistency: ConsistencyLevel | None = None) -> Deferred[None]:
         """Store C{value} (a blind write); C{expires_at_ms} 0 = no expiry, KEEP_TTL = keep."""
         coordinator = self._coordinator
+        if expires_at_ms == 0:
+            # A run of one: mints no Version object to return.
+            return coordinator.put_run(((key, value),), consistency).addCallback(_sole_outcome)
         if expires_at_ms != KEEP_TTL:
             return coordinator.put(key, value, consistency, expires_at_ms).addCallback(_none)
 
@@ -714,6 +721,15 @@ class ClusterKeyspace:
                                    ).addCallback(_none)
 
         return coordinator.get(key, consistency).addCallback(keep)
+
+    def set_run(self, pairs: Sequence[tuple[bytes, bytes]],
+                consistency: ConsistencyLevel | None = None
+                ) -> Deferred[list[BaseException | None] | None]:
+        """Plain SETs of a run of pipelined commands, in order, each replicated like L{set};
+        one Deferred for the run (L{Coordinator.put_run}): None once all were acknowledged,
+        else each write's error (None where acknowledged), so that each command of the run
+        gets its own answer."""
+        return self._coordinator.put_run(pairs, consistency)
 
     def set_many(self, pairs: Sequence[tuple[bytes, bytes]],
                  consistency: ConsistencyLevel | None = None) -> Deferred[None]:
@@ -824,6 +840,12 @@ def _initial_status(persisted: bytes | None, known_ring: bool, seeds: bool) -> R
     return RingStatus.NORMAL if known_ring or not seeds else RingStatus.WAITING
 
 
+def _sole_outcome(errors: list[BaseException | None] | None) -> None:
+    """The result of a run of one write: None, or its error raised."""
+    if errors is not None and errors[0] is not None:
+        raise errors[0]
+
+
 def _none(_: object) -> None:
     return None
 
@@ -846,8 +868,8 @@ class ConsistencyView:
     (key counts, expiry housekeeping, the clock) is the keyspace's own.
     """
 
-    _BOUND = frozenset({"record", "get", "exists", "set", "set_many", "delete", "set_expiry",
-                        "incr_by"})
+    _BOUND = frozenset({"record", "get", "exists", "set", "set_run", "set_many", "delete",
+                        "set_expiry", "incr_by"})
 
     def __init__(self, keyspace: ClusterKeyspace, consistency: ConsistencyLevel) -> None:
         self._keyspace = keyspace

@@ -118,7 +118,7 @@ class ClientSession:
 
 Handler = Callable[[ClientSession, list[bytes]], Any]
 #: Runs several pipelined calls of one command at once (see L{Command.run}).
-RunHandler = Callable[[ClientSession, list[list[bytes]]], "bytes | Deferred[bytes] | None"]
+RunHandler = Callable[[ClientSession, list[list[bytes]]], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +136,9 @@ class Command:
     last_key: int = 0
     key_step: int = 0
     #: Optional: executes a run of consecutive calls that all have exactly C{run_arity}
-    #: arguments (pipelined GETs, plain SETs) in one go; returns the replies' wire bytes
-    #: (or a Deferred of them), or None to leave the run to L{handler}, one call at a time.
+    #: arguments (pipelined GETs, plain SETs) in one go; returns the replies' wire bytes, or
+    #: a Deferred of them or of a list with one outcome per call (a reply value or an
+    #: exception), or None to leave the run to L{handler}, one call at a time.
     run: RunHandler | None = None
     run_arity: int = 0
 
@@ -439,14 +440,25 @@ def run_get(session: ClientSession, runs: list[list[bytes]]) -> bytes | None:
     return encode_bulk_replies(values, session.protocol)
 
 
-def run_set(session: ClientSession, runs: list[list[bytes]]) -> bytes | Deferred[bytes] | None:
-    """Consecutive plain SETs as one batch: one commit, so also one durability wait."""
+def run_set(session: ClientSession, runs: list[list[bytes]]) -> Any:
+    """Consecutive plain SETs as one batch: one commit, so also one durability wait (on a
+    single node), or one Deferred for the run's replicated writes (in a cluster)."""
     set_run = getattr(session.keyspace, "set_run", None)
     if set_run is None or max(len(args[2]) for args in runs) > session.context.config.max_value_bytes:
         return None  # an oversized value gets its error from cmd_set, the others still run
     wait = set_run([(args[1], args[2]) for args in runs])
     replies = OK.wire * len(runs)
-    return replies if wait is None else wait.addCallback(lambda _: replies)
+    if wait is None:
+        return replies
+    return wait.addCallback(_run_replies, replies)
+
+
+def _run_replies(errors: list[BaseException | None] | None, replies: bytes) -> Any:
+    """A run's replies once its writes settled: all +OK, or (when some failed, in a cluster)
+    one outcome per command, OK or its error, for the protocol to encode."""
+    if errors is None:
+        return replies
+    return [OK if error is None else error for error in errors]
 
 
 def _ok(_: object) -> SimpleString:

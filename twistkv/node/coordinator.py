@@ -10,7 +10,14 @@ Any node coordinates any key. The decisions are made by the sans-IO pieces:
 
 This module only sends frames, applies local writes in-process (no network hop to self), and
 runs timers: one for the deadlines of every request in flight (L{Coordinator._track}), not one
-per request. What each outcome means for a user's data is written down in
+per request.
+
+The write path is the cluster's hot path, so it keeps per-write work and objects down: the
+records of one reactor turn to one replica travel in one C{PUT_BATCH} (L{PeerClientPool.put},
+docs/peer-protocol.md §5.2.1); a blind write on a key this node last wrote alone is minted and
+stored on the record's bytes, and a replica stores such a record without decoding it
+(L{twistkv.core.replication.supersedes_sole_writer}); writes to all-alive owners share their
+validated target set; a client's pipelined SETs share one Deferred (L{Coordinator.put_run}). What each outcome means for a user's data is written down in
 C{docs/consistency.md}; the frames are C{docs/peer-protocol.md} §5.2.
 
 Sloppy quorum, as implemented here
@@ -38,7 +45,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -46,7 +53,9 @@ from twisted.python.failure import Failure
 from twistkv.core.peerwire import (
     Frame,
     PeerProtocolError,
+    batch_outcomes_frame,
     error_frame,
+    parse_put_batch,
     quote,
     unquote,
     unquote_text,
@@ -55,6 +64,7 @@ from twistkv.core.quorum import (
     ConsistencyLevel,
     ReadCoordination,
     Replica,
+    ReplicaSet,
     Status,
     WriteCoordination,
 )
@@ -65,15 +75,19 @@ from twistkv.core.record import (
     decode_record,
     encode_record,
     live_value,
+    single_writer_block,
 )
 from twistkv.core.replication import (
     context_clock,
+    encode_sole_writer,
     new_version,
     next_stand_in,
     plan_write_targets,
     reconcile_versions,
     replica_is_stale,
     required_replies,
+    sole_writer_clock,
+    supersedes_sole_writer,
 )
 from twistkv.core.ring import Ring
 from twistkv.core.versioning import ClockSkewError, HybridLogicalClock, VectorClock
@@ -100,7 +114,7 @@ _log = Logger()
 MAX_KEY_BYTES = 16 * 1024
 
 #: The peer verbs L{Coordinator.handle} serves; route them to it on the node's VerbRouter.
-REPLICA_VERBS = ("PUT", "GET", "DEL", "HINT")
+REPLICA_VERBS = ("PUT", "GET", "DEL", "HINT", "PUT_BATCH")
 
 
 class PeerRequester(Protocol):
@@ -238,31 +252,91 @@ class CoordinatorStats:
 # -- in-flight request state ----------------------------------------------------------------
 
 
-@dataclass(eq=False)
+#: L{_Write.stored} when the minting did not look at the stored bytes.
+_UNSEEN = object()
+
+
 class _Write:
-    id: int
-    key: bytes
-    version: Version
-    verb: str
-    payload: bytes
-    required: int
-    deadline: float
-    fallbacks: tuple[str, ...]
-    #: owner -> the target currently standing for it.
-    slots: dict[str, Replica]
-    coordination: WriteCoordination
-    result: Deferred[Version]
-    acked: dict[str, Replica] = field(default_factory=dict)
-    #: Targets whose slot is exhausted (no stand-in left): counted as refusals.
-    nacked: dict[str, str] = field(default_factory=dict)
-    #: Node -> why it did not ack, for the error message.
-    reasons: dict[str, str] = field(default_factory=dict)
-    tried: set[str] = field(default_factory=set)
-    #: Whether the deadline sweep still watches it (L{Coordinator._track}).
-    timed: bool = False
-    expired: bool = False
-    #: The request frame shared by every target that is not a stand-in (built on first use).
-    frame: Frame | None = None
+    """One write in flight (a plain slotted class: one is built per write)."""
+
+    __slots__ = ("id", "key", "version", "verb", "payload", "stored", "required", "deadline",
+                 "fallbacks", "slots", "coordination", "result", "acked", "nacked", "reasons",
+                 "tried", "timed", "expired", "settled", "run_index")
+
+    def __init__(
+        self, id: int, key: bytes, version: Version | None, verb: str, payload: bytes,
+        stored: bytes | None | object, required: int, deadline: float,
+        fallbacks: tuple[str, ...], slots: dict[str, Replica],
+        coordination: WriteCoordination, result: Deferred[Version] | _Run,
+    ) -> None:
+        self.id = id
+        self.key = key
+        #: None until needed when the caller does not want it (L{minted}).
+        self.version = version
+        self.verb = verb
+        self.payload = payload
+        #: The local replica's bytes for the key when the version was minted from them
+        #: alone (L{Coordinator._mint}): the local copy is then stored without a merge if
+        #: they are unchanged; L{_UNSEEN} otherwise.
+        self.stored = stored
+        self.required = required
+        self.deadline = deadline
+        self.fallbacks = fallbacks
+        #: owner -> the target currently standing for it.
+        self.slots = slots
+        self.coordination = coordination
+        #: Fired once settled: the caller's own Deferred, or the run it belongs to.
+        self.result = result
+        self.acked: dict[str, Replica] = {}
+        #: Targets whose slot is exhausted (no stand-in left): counted as refusals.
+        self.nacked: dict[str, str] = {}
+        #: Node -> why it did not ack, for the error message.
+        self.reasons: dict[str, str] = {}
+        self.tried: set[str] = set()
+        #: Whether the deadline sweep still watches it (L{Coordinator._track}).
+        self.timed = False
+        self.expired = False
+        #: Whether the outcome was reported to C{result}.
+        self.settled = False
+        #: Its position in the run it belongs to (L{Coordinator.put_run}).
+        self.run_index = 0
+
+    def minted(self) -> Version:
+        """The version written, decoded from the payload if it was not kept (a run's write
+        needs it only on its failure paths: fewer objects kept per write in flight)."""
+        version = self.version
+        if version is None:
+            version = self.version = decode_record(self.payload).versions[0]
+        return version
+
+
+def _given(result: Deferred[Version] | None) -> Deferred[Version]:
+    """The Deferred of a write made without a run (L{Coordinator._write} then returns one)."""
+    assert result is not None
+    return result
+
+
+class _Run:
+    """The writes of L{Coordinator.put_run}: one Deferred for all of them instead of one each."""
+
+    __slots__ = ("size", "pending", "errors", "deferred")
+
+    def __init__(self, count: int) -> None:
+        self.size = count
+        self.pending = count
+        #: Per write, in order: None (acknowledged) or why it failed; None until one fails.
+        self.errors: list[BaseException | None] | None = None
+        self.deferred: Deferred[list[BaseException | None] | None] = Deferred()
+
+    def settled(self, index: int, error: BaseException | None) -> None:
+        """Write number C{index} of the run settled (C{error} None: acknowledged)."""
+        if error is not None:
+            if self.errors is None:
+                self.errors = [None] * self.size
+            self.errors[index] = error
+        self.pending -= 1
+        if self.pending == 0:
+            self.deferred.callback(self.errors)
 
 
 @dataclass(eq=False)
@@ -362,8 +436,10 @@ class Coordinator:
         self.replica = replica
         self.hints = hints
         self._pool = pool
-        # The pool's Deferred-free call() when it has one (PeerClientPool does).
+        # The pool's Deferred-free call() when it has one (PeerClientPool does), and its
+        # put(), which batches the records of one turn per replica (PUT_BATCH).
         self._call: Callable[..., None] = getattr(pool, "call", None) or self._call_via_request
+        self._put: Callable[..., None] = getattr(pool, "put", None) or self._put_via_call
         self._ring = ring_provider
         self._alive = alive_provider
         self._address = address_provider
@@ -388,8 +464,13 @@ class Coordinator:
         self._deadlines: list[tuple[float, int]] = []
         self._sweep_call: IDelayedCall | None = None
         self._sweep_at = 0.0
-        #: Node -> Replica(node): the targets of a write whose owners are all alive.
-        self._owner_targets: dict[str, Replica] = {}
+        #: Preference list -> its targets when every owner is alive (L{_owner_plan}).
+        self._owner_plans: dict[tuple[str, ...], tuple[ReplicaSet, dict[str, Replica]]] = {}
+        # Bound once: a bound method is an object, and every replica request passes two.
+        self._on_write_answer = self._write_answer
+        self._on_write_error = self._write_error
+        #: How this node's own one-version records start (L{_mint}'s byte-level path).
+        self._block = single_writer_block(node_id)
 
     def shutdown(self) -> None:
         """Refuse new requests and peer writes; requests in flight finish without failover.
@@ -428,6 +509,13 @@ class Coordinator:
     ) -> None:
         self._pool.request(address, frame, timeout).addCallbacks(
             callback, errback, callbackArgs=args, errbackArgs=args)
+
+    def _put_via_call(
+        self, address: str, verb: str, key: bytes, record: bytes, timeout: float,
+        callback: Callable[..., object], errback: Callable[..., object], *args: object,
+    ) -> None:
+        self._call(address, Frame(verb, 0, {"key": quote(key)}, record), timeout, callback,
+                   errback, *args)
 
     def _remaining(self, deadline: float) -> float:
         return max(deadline - self._reactor.seconds(), 0.001)
@@ -494,20 +582,42 @@ class Coordinator:
 
     def _mint(
         self, key: bytes, value: bytes, expires_at_ms: int, context: VectorClock | None,
-        tombstone: bool,
-    ) -> Version:
-        """The new version: descends the context (default: what we hold locally)."""
+        tombstone: bool, keep: bool = True,
+    ) -> tuple[Version | None, bytes, bytes | None | object]:
+        """The new version, its record's bytes, and the stored bytes it was minted from
+        (L{_UNSEEN} unless they were read undecoded). It descends the context (default: what
+        we hold locally). Without C{keep} the byte-level path builds no L{Version} (None)."""
+        wall = self.now_ms()
+        node = self.node_id
+        if context is None:
+            # The usual blind write: the key absent here or last written by this node alone
+            # (what L{new_version} would mint, read and written on the bytes).
+            raw = self.replica.raw(key)
+            clock = None if raw is None else sole_writer_clock(raw, self._block)
+            if raw is None or clock is not None:
+                newest, previous = clock if clock is not None else (0, 0)
+                try:
+                    ts = self.hlc.observe(newest, wall) if newest else self.hlc.tick(wall)
+                except ClockSkewError:
+                    ts = self.hlc.tick(wall)
+                if tombstone:
+                    value, expires_at_ms = b"", 0
+                counter = max(previous + 1, ts)
+                version = (Version(value, ((node, counter),), ts, node, expires_at_ms, tombstone)
+                           if keep else None)
+                return version, encode_sole_writer(self._block, value, ts, expires_at_ms,
+                                                   counter, tombstone), raw
         local = self.replica.read(key)
         versions = local.versions if local is not None else ()
-        clock = context_clock(versions) if context is None else context
-        wall = self.now_ms()
+        seen = context_clock(versions) if context is None else context
         newest = max((v.hlc for v in versions), default=0)
         try:
             # Observing what we supersede makes the new write the LWW winner over it too.
             ts = self.hlc.observe(newest, wall) if newest else self.hlc.tick(wall)
         except ClockSkewError:
             ts = self.hlc.tick(wall)
-        return new_version(clock, value, self.node_id, ts, expires_at_ms, tombstone)
+        version = new_version(seen, value, node, ts, expires_at_ms, tombstone)
+        return version, encode_record(Record((version,))), _UNSEEN
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -526,7 +636,8 @@ class Coordinator:
             clocks this node holds for the key (a blind write; see docs/consistency.md).
         @return: fails with L{QuorumUnavailable} or L{KeyTooLong}.
         """
-        return self._write(key, value, consistency, expires_at_ms, context, tombstone=False)
+        return _given(self._write(key, value, consistency, expires_at_ms, context,
+                                  tombstone=False))
 
     def delete(
         self,
@@ -535,35 +646,57 @@ class Coordinator:
         context: VectorClock | None = None,
     ) -> Deferred[Version]:
         """Write a tombstone (a versioned delete); fires with it once W replicas acknowledged."""
-        return self._write(key, b"", consistency, 0, context, tombstone=True)
+        return _given(self._write(key, b"", consistency, 0, context, tombstone=True))
+
+    def put_run(
+        self, pairs: Sequence[tuple[bytes, bytes]], consistency: ConsistencyLevel | None = None
+    ) -> Deferred[list[BaseException | None] | None]:
+        """Blind writes of several keys in order (a client's pipelined plain SETs), each
+        coordinated exactly as L{put} would; one Deferred for all of them.
+
+        Once every write has settled it fires with None if all were acknowledged, else with
+        one entry per write, in order: None for an acknowledged write, the error (what
+        L{put} would have failed with) for the others. Saves a Deferred and its callbacks
+        per write when a client pipelines.
+        """
+        if not pairs:
+            return succeed(None)
+        run = _Run(len(pairs))
+        write = self._write
+        for index, (key, value) in enumerate(pairs):
+            write(key, value, consistency, 0, None, False, None, run, index)
+        return run.deferred
 
     def replicate(
         self, key: bytes, version: Version, consistency: ConsistencyLevel | None = None
     ) -> Deferred[Version]:
         """Write a version minted elsewhere (a counter increment, L{twistkv.node.counters})
         exactly like L{put} writes its own: same targets, stand-ins, hints and quorum."""
-        return self._write(key, version.value, consistency, version.expires_at_ms, None,
-                           tombstone=False, minted=version)
+        return _given(self._write(key, version.value, consistency, version.expires_at_ms, None,
+                                  tombstone=False, minted=version))
 
     def _write(
         self, key: bytes, value: bytes, consistency: ConsistencyLevel | None,
         expires_at_ms: int, context: VectorClock | None, tombstone: bool,
-        minted: Version | None = None,
-    ) -> Deferred[Version]:
-        try:
-            self._check_key(key)
-        except KeyTooLong as error:
-            return fail(error)
+        minted: Version | None = None, run: _Run | None = None, run_index: int = 0,
+    ) -> Deferred[Version] | None:
+        """Coordinate one write; its Deferred, or None when it reports to C{run} instead."""
+        if len(key) > MAX_KEY_BYTES:
+            return self._refuse(KeyTooLong(len(key)), run, run_index)
         self.stats.writes += 1
         ring = self._ring()
         # One hash for the preference list and the fallbacks (the ring memoizes the walk).
         successors = ring.preference_list_for_token(ring.token(key), len(ring.nodes))
         preference = successors[:self.n]
-        required = required_replies(consistency, max(len(preference), 1), self.default_w)
-        refusal = self._not_serving("write", required, len(preference))
-        if refusal is not None:
-            self.stats.writes_unavailable += 1
-            return fail(refusal)
+        if consistency is None and preference:
+            required = min(self.default_w, len(preference))  # required_replies, inlined
+        else:
+            required = required_replies(consistency, max(len(preference), 1), self.default_w)
+        if self._stopped or not preference or not self._ready():
+            refusal = self._not_serving("write", required, len(preference))
+            if refusal is not None:
+                self.stats.writes_unavailable += 1
+                return self._refuse(refusal, run, run_index)
         target_ring = self._pending()
         pending: tuple[str, ...] = ()
         if target_ring is not None:
@@ -574,50 +707,79 @@ class Coordinator:
             # at least W acks among the old owners and at least W among the new ones.
             self.stats.pending_writes += 1
             required += len(pending)
-        version = (minted if minted is not None
-                   else self._mint(key, value, expires_at_ms, context, tombstone))
+        version: Version | None
+        if minted is not None:
+            version, payload, stored = minted, encode_record(Record((minted,))), _UNSEEN
+        else:
+            version, payload, stored = self._mint(key, value, expires_at_ms, context, tombstone,
+                                                  run is None)
         fallbacks = successors[self.n:]
         if pending:
             fallbacks = tuple(node for node in fallbacks if node not in pending)
         is_alive = self._is_alive
+        coordinated: Sequence[Replica] | ReplicaSet
         if not pending and all(map(is_alive, preference)):
-            # plan_write_targets' answer when every owner is alive: the owners themselves.
-            owner_targets = self._owner_targets
-            targets = [owner_targets.get(node) or self._owner_target(node)
-                       for node in preference]
+            # plan_write_targets' answer when every owner is alive: the owners themselves,
+            # validated and indexed once per preference list.
+            plan = self._owner_plans.get(preference)
+            if plan is None:
+                plan = self._owner_plan(preference)
+            coordinated, owner_slots = plan
+            targets: Sequence[Replica] = coordinated.replicas
+            slots = dict(owner_slots)
         else:
-            targets = plan_write_targets(preference + pending, fallbacks, is_alive)
+            targets = coordinated = plan_write_targets(preference + pending, fallbacks, is_alive)
+            slots = {(r.hinted_for or r.node): r for r in targets}
         deadline = self._reactor.seconds() + self.request_timeout
         write_id = next(self._ids)
         write = _Write(
-            id=write_id, key=key, version=version, verb="DEL" if tombstone else "PUT",
-            payload=encode_record(Record((version,))), required=required, deadline=deadline,
-            fallbacks=fallbacks,
-            slots={(r.hinted_for or r.node): r for r in targets},
-            coordination=WriteCoordination(write_id, targets, required, deadline),
-            result=Deferred(),
+            write_id, key, version, "DEL" if tombstone else "PUT", payload, stored, required,
+            deadline, fallbacks, slots, WriteCoordination(write_id, coordinated, required,
+                                                          deadline),
+            Deferred() if run is None else run,
         )
-        for target in targets:
-            if target.hinted_for is not None:
-                write.reasons[target.hinted_for] = "down"
+        write.run_index = run_index
+        if coordinated is not targets:
+            for target in targets:
+                if target.hinted_for is not None:
+                    write.reasons[target.hinted_for] = "down"
         self._track(write, deadline)
         for target in targets:
             self._send_write(write, target)
-        return write.result
+        return write.result if run is None else None  # type: ignore[return-value]
 
-    def _owner_target(self, node: str) -> Replica:
-        target = self._owner_targets[node] = Replica(node)
-        return target
+    @staticmethod
+    def _refuse(error: Exception, run: _Run | None, run_index: int) -> Deferred[Version] | None:
+        """A write refused before anything was sent: a failed Deferred, or reported to C{run}."""
+        if run is None:
+            return fail(error)
+        run.settled(run_index, error)
+        return None
+
+    def _owner_plan(self, preference: tuple[str, ...]) -> tuple[ReplicaSet, dict[str, Replica]]:
+        """The targets of a write to C{preference} with every owner alive (cached)."""
+        plans = self._owner_plans
+        if len(plans) >= 4096:  # rings change; keep only what recent writes used
+            plans.clear()
+        replica_set = ReplicaSet(preference)
+        plan = plans[preference] = (replica_set, {r.node: r for r in replica_set.replicas})
+        return plan
 
     def _send_write(self, write: _Write, target: Replica) -> None:
         node = target.node
         write.tried.add(node)
         if node == self.node_id:
             try:
+                stored = write.stored
                 if target.hinted_for is not None:
-                    wait = self.hints.add(target.hinted_for, write.key, (write.version,))
+                    wait = self.hints.add(target.hinted_for, write.key, (write.minted(),))
+                elif stored is not _UNSEEN and (
+                    (raw := self.replica.raw(write.key)) is stored or raw == stored
+                ):
+                    # Still the bytes the version was minted from, which it descends.
+                    wait = self.replica.replace(write.key, write.payload, raw)
                 else:
-                    wait = self.replica.apply(write.key, (write.version,),
+                    wait = self.replica.apply(write.key, (write.minted(),),
                                               encoded=write.payload)
             except (StorageError, HintRejected) as error:
                 self._write_failed(write, target, _describe(error))
@@ -634,14 +796,6 @@ class Coordinator:
         if address is None:
             self._write_failed(write, target, "address unknown")
             return
-        if target.hinted_for is not None:
-            frame = Frame(write.verb, 0, {"key": quote(write.key),
-                                          "hint_for": quote(target.hinted_for)}, write.payload)
-        else:
-            frame = write.frame
-            if frame is None:
-                frame = write.frame = Frame(write.verb, 0, {"key": quote(write.key)},
-                                            write.payload)
         timeout = self._remaining(write.deadline)
         if write.fallbacks:
             owner = target.hinted_for or node
@@ -650,7 +804,14 @@ class Coordinator:
                 # Give up early only if a stand-in can take over; otherwise a slow replica
                 # may still make the deadline.
                 timeout = min(self.replica_timeout, timeout)
-        self._call(address, frame, timeout, self._write_answer, self._write_error, write, target)
+        if target.hinted_for is not None:
+            frame = Frame(write.verb, 0, {"key": quote(write.key),
+                                          "hint_for": quote(target.hinted_for)}, write.payload)
+            self._call(address, frame, timeout, self._write_answer, self._write_error, write,
+                       target)
+            return
+        self._put(address, write.verb, write.key, write.payload, timeout, self._on_write_answer,
+                  self._on_write_error, write, target)
 
     def _write_answer(self, frame: Frame, write: _Write, target: Replica) -> None:
         if frame.verb == "ACK":
@@ -663,18 +824,21 @@ class Coordinator:
         self._write_failed(write, target, _describe(failure))
 
     def _write_acked(self, write: _Write, target: Replica) -> None:
-        if write.slots.get(target.hinted_for or target.node) != target:
+        node, hinted_for = target.node, target.hinted_for
+        # Each target is its own object (a stand-in gets a new one): identity is the test.
+        if write.slots.get(hinted_for or node) is not target:
             return  # a replaced target answering late: the pool drops those, but be safe
-        write.acked[target.node] = target
-        write.reasons.pop(target.node, None)
-        if target.hinted_for is not None:
+        write.acked[node] = target
+        if write.reasons:
+            write.reasons.pop(node, None)
+        if hinted_for is not None:
             self.stats.hinted_acks += 1
-        write.coordination.on_ack(target.node)
+        write.coordination.on_ack(node)
         self._settle_write(write)
 
     def _write_failed(self, write: _Write, target: Replica, reason: str) -> None:
         owner = target.hinted_for or target.node
-        if write.slots.get(owner) != target:
+        if write.slots.get(owner) is not target:
             return
         write.reasons[target.node] = reason
         if self._stopped:
@@ -700,7 +864,7 @@ class Coordinator:
     def _keep_hint(self, owner: str, write: _Write) -> None:
         """Last resort: no stand-in took the owner's copy, so the coordinator keeps it."""
         try:
-            self.hints.add(owner, write.key, (write.version,))
+            self.hints.add(owner, write.key, (write.minted(),))
         except (StorageError, HintRejected) as error:
             _log.warn("Cannot keep a hint for {owner}: {error}", owner=owner, error=str(error))
             return
@@ -725,10 +889,16 @@ class Coordinator:
 
     def _settle_write(self, write: _Write) -> None:
         outcome = write.coordination.outcome
-        if not write.result.called:
+        if not write.settled:
             if outcome.status is Status.SUCCEEDED:
-                write.result.callback(write.version)
+                write.settled = True
+                result = write.result
+                if type(result) is _Run:
+                    result.settled(write.run_index, None)
+                elif not result.called:  # type: ignore[union-attr]
+                    result.callback(write.minted())  # type: ignore[union-attr]
             elif outcome.status is Status.FAILED and not self._local_write_pending(write):
+                write.settled = True
                 self.stats.writes_unavailable += 1
                 detail = {n: r for n, r in write.reasons.items() if n not in write.acked}
                 for target in write.slots.values():
@@ -736,8 +906,13 @@ class Coordinator:
                         detail[target.node] = "timed out" if write.expired else "no answer yet"
                 # Count the acks now: the coordination froze its outcome when success
                 # became impossible, possibly before the local copy was committed.
-                write.result.errback(QuorumUnavailable(
-                    "write", len(write.acked), write.required, sorted(write.tried), detail))
+                error = QuorumUnavailable(
+                    "write", len(write.acked), write.required, sorted(write.tried), detail)
+                result = write.result
+                if type(result) is _Run:
+                    result.settled(write.run_index, error)
+                elif not result.called:  # type: ignore[union-attr]
+                    result.errback(error)  # type: ignore[union-attr]
         if write.timed and (
             write.expired or len(write.acked) + len(write.nacked) >= len(write.slots)
         ):
@@ -936,6 +1111,8 @@ class Coordinator:
             return _nack("shutting_down", f"{self.node_id} is shutting down")
         served = self.stats.served
         served[verb] = served.get(verb, 0) + 1
+        if verb == "PUT_BATCH":
+            return self._handle_batch(frame)
         try:
             key = unquote(frame.fields["key"])
             hint_for = (unquote_text(frame.fields["hint_for"])
@@ -954,33 +1131,94 @@ class Coordinator:
             return Frame("VAL", 0, {}, encode_record(record))
         if verb not in ("PUT", "DEL", "HINT"):
             return error_frame(0, "unknown_verb", f"{verb} is not a replica verb")
-        if not frame.payload:
-            return error_frame(0, "bad_request", f"{verb} carries no record")
-        try:
-            versions = decode_record(frame.payload).versions
-        except CorruptRecordError as error:
-            return error_frame(0, "bad_request", f"bad record: {error}")
-        if not versions:
-            return error_frame(0, "bad_request", f"{verb} carries a record without versions")
-        if verb == "DEL" and not all(v.tombstone for v in versions):
-            return error_frame(0, "bad_request", "DEL carries a live value")
-        if verb == "HINT" and hint_for != self.node_id:
-            return _nack("not_owner", f"hint for {hint_for!r} delivered to {self.node_id!r}")
-        try:
-            if hint_for is not None and hint_for != self.node_id:
-                wait = self.hints.add(hint_for, key, versions)
-                self.stats.hints_accepted += 1
-            else:
-                wait = self.replica.apply(key, versions)
-        except HintRejected as error:
-            return _nack("overloaded", str(error))
-        except StorageError as error:
-            return _nack("storage_error", str(error))
+        refusal, wait = self._store_record(verb, key, hint_for, frame.payload)
+        if refusal is not None:
+            reason, message = refusal
+            if reason == "bad_request":
+                return error_frame(0, "bad_request", message)
+            return _nack(reason, message)
         if wait is None:
             return _ack()
         answer: Deferred[Frame | None] = wait.addCallbacks(
             _ack, lambda f: _nack("storage_error", f.getErrorMessage())
         )
+        return answer
+
+    def _store_record(
+        self, verb: str, key: bytes, hint_for: str | None, payload: bytes
+    ) -> tuple[tuple[str, str] | None, Deferred[None] | None]:
+        """Apply one received PUT/DEL/HINT record: C{((reason, message), None)} when refused
+        (C{bad_request} is the sender's fault), else C{(None, what to wait for)}."""
+        if not payload:
+            return ("bad_request", f"{verb} carries no record"), None
+        if (hint_for is None or hint_for == self.node_id) and (
+            verb != "DEL" or payload[3:4] == b"\x01"
+        ):
+            # The usual replica write: a record of one writer superseding what we hold of it
+            # is stored as it came, without decoding and merging (the result is the same).
+            stored = self.replica.raw(key)
+            if supersedes_sole_writer(stored, payload):
+                try:
+                    return None, self.replica.replace(key, payload, stored)
+                except StorageError as error:
+                    return ("storage_error", str(error)), None
+        try:
+            versions = decode_record(payload).versions
+        except CorruptRecordError as error:
+            return ("bad_request", f"bad record: {error}"), None
+        if not versions:
+            return ("bad_request", f"{verb} carries a record without versions"), None
+        if verb == "DEL" and not all(v.tombstone for v in versions):
+            return ("bad_request", "DEL carries a live value"), None
+        if verb == "HINT" and hint_for != self.node_id:
+            return ("not_owner", f"hint for {hint_for!r} delivered to {self.node_id!r}"), None
+        try:
+            if hint_for is not None and hint_for != self.node_id:
+                wait = self.hints.add(hint_for, key, versions)
+                self.stats.hints_accepted += 1
+            else:
+                # Bytes decode_record accepted re-encode to themselves unless a version is a
+                # counter (its state has several encodings): store them as they came.
+                canonical = all(v.counter is None for v in versions)
+                wait = self.replica.apply(key, versions,
+                                          encoded=payload if canonical else None)
+        except HintRejected as error:
+            return ("overloaded", str(error)), None
+        except StorageError as error:
+            return ("storage_error", str(error)), None
+        return None, wait
+
+    def _handle_batch(self, frame: Frame) -> Frame | Deferred[Frame | None]:
+        """C{PUT_BATCH}: each record applied as its own C{PUT}/C{DEL}, answered in one C{VAL}
+        with an outcome per record (a refused record does not fail the others)."""
+        try:
+            entries = parse_put_batch(frame)
+        except PeerProtocolError as error:
+            return error_frame(0, "bad_request", error.message)
+        served = self.stats.served
+        outcomes: list[str | None] = [None] * len(entries)
+        waits: list[tuple[int, Deferred[None]]] = []
+        for index, (verb, key, payload) in enumerate(entries):
+            served[verb] = served.get(verb, 0) + 1
+            refusal, wait = self._store_record(verb, key, None, payload)
+            if refusal is not None:
+                outcomes[index] = refusal[0]
+            elif wait is not None:
+                waits.append((index, wait))
+        if not waits:
+            return batch_outcomes_frame(outcomes)
+        answer: Deferred[Frame | None] = Deferred()
+        remaining = [len(waits)]
+
+        def settled(result: object, index: int) -> None:
+            if isinstance(result, Failure):
+                outcomes[index] = "storage_error"
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                answer.callback(batch_outcomes_frame(outcomes))
+
+        for index, wait in waits:
+            wait.addBoth(settled, index)
         return answer
 
 

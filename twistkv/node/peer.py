@@ -18,7 +18,10 @@ or, outside it, by a C{callLater(0)}; straight to the socket when Twisted
 holds nothing for it. A quorum write to three replicas issued by sixteen
 pipelined clients costs three writes, not 48. The coordinator's hot path uses
 L{PeerClientPool.call}, which reports the answer to callbacks instead of a
-Deferred.
+Deferred, and L{PeerClientPool.put}, which goes further for replica writes: the
+records of one turn to one peer travel as a single C{PUT_BATCH} request, answered
+by one frame with an outcome per record, when the peer offered that feature in
+its HELLO (docs/peer-protocol.md §5.2.1).
 
 test-case-name: tests.node.test_peer
 """
@@ -50,6 +53,7 @@ from twisted.python.failure import Failure
 from twistkv.core.peerwire import (
     CONNECTION_REQUEST_ID,
     DEFAULT_MAX_PAYLOAD,
+    FEATURE_PUT_BATCH,
     MAX_LINE,
     MAX_REQUEST_ID,
     RESPONSE_VERBS,
@@ -69,6 +73,8 @@ from twistkv.core.peerwire import (
     encode_frame,
     error_details,
     error_frame,
+    parse_batch_outcomes,
+    put_batch_frames,
     quote,
 )
 
@@ -284,6 +290,23 @@ class _Outstanding:
             _log.failure("Error callback for {verb} failed", verb=self.verb)
 
 
+#: Batches one flush sends at most: records put by the callbacks of a batch that failed at
+#: once go in the same flush, but a callback that keeps putting cannot hold the reactor.
+_BATCH_PASSES = 4
+#: What L{PeerProtocol.put} reports for a record its C{PUT_BATCH} answer says was applied.
+_BATCH_ACK = Frame("ACK", 0)
+#: A record awaiting its C{PUT_BATCH}: verb, key, record, timeout, callback, errback, then
+#: the callbacks' extra arguments.
+_BatchItem: TypeAlias = tuple[Any, ...]
+
+
+def _report(callback: Callback, outcome: object, args: tuple[object, ...]) -> None:
+    try:
+        callback(outcome, *args)
+    except Exception:
+        _log.failure("Answer callback for a PUT_BATCH record failed")
+
+
 class PeerProtocol(Protocol):
     """One peer connection, either end.
 
@@ -331,6 +354,9 @@ class PeerProtocol(Protocol):
         self._next_id = 0
         self._backlog = 0
         self._out: list[bytes] = []
+        #: PUT/DEL records of this turn awaiting their PUT_BATCH (L{put}), each with who
+        #: waits for it: C{(verb, key, record, timeout, callback, errback, *args)}.
+        self._batch: list[_BatchItem] = []
         #: The plain TCP socket, for L{_flush}'s direct send (None: TLS or a test transport).
         self._socket: socket.socket | None = None
         self._batching = False
@@ -406,6 +432,7 @@ class PeerProtocol(Protocol):
         outstanding, self._outstanding = self._outstanding, {}
         for request in outstanding.values():
             request.fail(PeerUnavailable(self.label, why))
+        self._fail_batch(PeerUnavailable(self.label, why))
         if self._on_lost is not None:
             self._on_lost(self, why)
         waiters, self._lost_waiters = self._lost_waiters, []
@@ -612,6 +639,84 @@ class PeerProtocol(Protocol):
             self._arm_expiry()  # else the armed timer comes first and re-arms itself
         return request_id
 
+    @property
+    def batches_puts(self) -> bool:
+        """Whether L{put} records travel in C{PUT_BATCH} frames: the peer offered it (§8)."""
+        peer = self.peer
+        return peer is not None and FEATURE_PUT_BATCH in peer.features
+
+    def put(self, verb: str, key: bytes, record: bytes, timeout: float, callback: Callback,
+            errback: Callback, *args: object) -> None:
+        """Send one C{PUT} or C{DEL} record; report like L{call}, with an C{ACK} or C{NACK}
+        frame as the answer.
+
+        When the peer offered C{put_batch}, the records of one reactor turn leave together
+        in C{PUT_BATCH} frames at the turn's flush (one request, one answer, one timeout:
+        the shortest of theirs) and each record still gets its own outcome. Otherwise this
+        is L{call} with a C{PUT}/C{DEL} frame.
+        """
+        if not self.batches_puts or not self.ready:
+            self.call(Frame(verb, 0, {"key": quote(key)}, record), timeout, callback, errback,
+                      *args)
+            return
+        # One tuple per record kept in flight (not one plus the args): fewer objects for the
+        # garbage collector to traverse while the batch awaits its answer.
+        self._batch.append((verb, key, record, timeout, callback, errback, *args))
+        if not self._batching and self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+
+    def _send_batch(self) -> None:
+        """Turn this turn's L{put} records into C{PUT_BATCH} requests (in L{_flush})."""
+        items, self._batch = self._batch, []
+        try:
+            frames = put_batch_frames(items)
+        except InvalidFrameError as error:  # our bug; the callers should hear of it
+            self._batch_failed(Failure(error), items)
+            return
+        batching, self._batching = self._batching, True  # _queue must not arm another flush
+        try:
+            start = 0
+            for frame, count in frames:
+                chunk = items[start:start + count] if count < len(items) else items
+                start += count
+                timeout = min([item[3] for item in chunk])
+                request = _Outstanding(None, "PUT_BATCH", timeout, self._batch_answered,
+                                       self._batch_failed, (chunk,))
+                sent = self._send_request(frame, request)
+                if isinstance(sent, Exception):
+                    request.fail(sent)
+        finally:
+            self._batching = batching
+
+    def _batch_answered(self, frame: Frame, chunk: list[_BatchItem]) -> None:
+        if frame.verb != "VAL":
+            # The whole batch refused (a NACK such as shutting_down): the same for each.
+            for item in chunk:
+                _report(item[4], frame, item[6:])
+            return
+        try:
+            outcomes = parse_batch_outcomes(frame, len(chunk))
+        except PeerProtocolError as error:
+            self._batch_failed(Failure(PeerRefused(self.label, "PUT_BATCH", error.code,
+                                                   error.message)), chunk)
+            return
+        for item, reason in zip(chunk, outcomes, strict=True):
+            if reason is None:
+                answer = _BATCH_ACK
+            else:
+                answer = Frame("NACK", frame.request_id, {"reason": reason})
+            _report(item[4], answer, item[6:])
+
+    def _batch_failed(self, failure: Failure, chunk: list[_BatchItem]) -> None:
+        for item in chunk:
+            _report(item[5], failure, item[6:])
+
+    def _fail_batch(self, error: Exception) -> None:
+        """Records queued for a batch that will never leave (the connection is gone)."""
+        items, self._batch = self._batch, []
+        if items:
+            self._batch_failed(Failure(error), items)
+
     def send(self, frame: Frame) -> None:
         """Send a one-way frame (no answer expected) under a fresh request id."""
         if not self.ready:
@@ -666,6 +771,13 @@ class PeerProtocol(Protocol):
         call, self._flush_call = self._flush_call, None
         if call is not None and call.active():
             call.cancel()
+        for _ in range(_BATCH_PASSES):  # a callback of a failed batch may have put more
+            if not self._batch:
+                break
+            self._send_batch()
+        else:
+            if self._batch and self._flush_call is None and not self._lost:
+                self._flush_call = self._reactor.callLater(0, self._flush)
         if self._out and not self._lost and self.transport is not None:
             data = b"".join(self._out)
             self._out.clear()
@@ -917,6 +1029,22 @@ class PeerClientPool:
                     return
         self.request(address, frame, timeout).addCallbacks(
             callback, errback, callbackArgs=args, errbackArgs=args)
+
+    def put(self, address: str, verb: str, key: bytes, record: bytes, timeout: float | None,
+            callback: Callback, errback: Callback, *args: object) -> None:
+        """Send one C{PUT}/C{DEL} record like L{call}: batched with the turn's other records
+        to C{address} when the connection allows it (L{PeerProtocol.put})."""
+        if not self._closed:
+            link = self._links.get(address)
+            if link is not None and link.state is _LinkState.READY:
+                protocol = link.protocol
+                if protocol is not None and protocol.ready:
+                    protocol.put(verb, key, record,
+                                 self.request_timeout if timeout is None else timeout,
+                                 callback, errback, *args)
+                    return
+        self.call(address, Frame(verb, 0, {"key": quote(key)}, record), timeout, callback,
+                  errback, *args)
 
     def send(self, address: str, frame: Frame) -> None:
         """Send a one-way frame, best effort: failures are logged, never raised."""

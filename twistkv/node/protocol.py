@@ -345,9 +345,13 @@ class RespProtocol(Protocol):
         self, reply: Any, slot: _Slot, stat: CommandStat, started: float, run_size: int
     ) -> None:
         if run_size:
-            # Every command of the run waited for the same event (its group commit).
+            # Every command of the run waited for the same event (its group commit, or the
+            # last of its replicated writes).
             stat.observe_many(run_size, perf_counter() - started)
-            data = reply
+            if type(reply) is list:  # one outcome per command: some failed
+                data = self._encode_outcomes(reply, stat)
+            else:
+                data = reply
         elif reply is OK:
             stat.observe(perf_counter() - started)
             data = _OK_WIRE
@@ -362,6 +366,18 @@ class RespProtocol(Protocol):
             return
         slot.data = data
         self._drain()
+
+    def _encode_outcomes(self, outcomes: list[Any], stat: CommandStat) -> bytes:
+        """The wire replies of a run whose commands ended differently: a reply value or an
+        exception each."""
+        protocol = self.session.protocol if self.session is not None else 2
+        parts = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                stat.errors += 1
+                outcome = error_reply(Failure(outcome), "", waited=True)
+            parts.append(encode(outcome, protocol))
+        return b"".join(parts)
 
     def _deferred_failure(
         self, failure: Failure, slot: _Slot, stat: CommandStat, started: float, run_size: int

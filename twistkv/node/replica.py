@@ -154,6 +154,11 @@ class ReplicaStore:
         self._decoded = (raw, record)
         return record
 
+    def raw(self, key: bytes) -> bytes | None:
+        """The stored bytes of C{key}'s record, undecoded (for the write path's byte-level
+        checks, L{twistkv.core.replication.supersedes_sole_writer}), or None."""
+        return self._store.get(DATA_PREFIX + key)
+
     def iterate(
         self, start: bytes | None = None, stop: bytes | None = None
     ) -> Iterator[tuple[bytes, Record]]:
@@ -179,9 +184,11 @@ class ReplicaStore:
         versions durable (an empty commit is a barrier), so a duplicate is never acknowledged
         ahead of the original's fsync.
 
-        @param encoded: C{encode_record(Record(tuple(versions)))}, when the caller made it
-            (the coordinator's payload): stored as is when the incoming versions supersede
-            everything stored, the usual write. Never pass bytes another node encoded.
+        @param encoded: C{encode_record(Record(tuple(versions)))}: stored as is when the
+            incoming versions supersede everything stored, the usual write. Bytes a peer sent
+            qualify only when C{decode_record} accepted them and no version is a counter (the
+            decoding is strict, so such bytes re-encode to themselves; a counter state has
+            several encodings).
         @raise StorageError: the committer refused the write (failed or shutting down).
         """
         db_key = DATA_PREFIX + key
@@ -204,6 +211,20 @@ class ReplicaStore:
         if raw is None:
             self.stats.records += 1
         self.stats.applied += 1
+        return wait
+
+    def replace(self, key: bytes, encoded: bytes, stored: bytes | None) -> Wait:
+        """Store C{encoded} for C{key} as is: L{apply} for a caller that has just read the
+        stored bytes (C{stored}, from L{raw}, with nothing run in between) and found that
+        the merge of C{encoded} into them is C{encoded} itself (a record superseding them).
+
+        @raise StorageError: the committer refused the write (failed or shutting down).
+        """
+        wait = self._committer.commit([(DATA_PREFIX + key, encoded)])
+        stats = self.stats
+        if stored is None:
+            stats.records += 1
+        stats.applied += 1
         return wait
 
     def collect_garbage(self, limit: int = 1000) -> int:
