@@ -318,4 +318,4 @@ def makeService(options: Any) -> IService:
     """Build the node's service tree from parsed L{Options}."""
     from twistkv.node.service import KVNodeService
 
-    return KVNodeService(options.config)
+    return KVNodeService(options.config, tune_gc=True)

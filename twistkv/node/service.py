@@ -8,6 +8,7 @@ is injected so tests can run a node on a L{MemoryReactorClock}.
 
 from __future__ import annotations
 
+import gc
 import socket
 import sys
 from pathlib import Path
@@ -31,7 +32,7 @@ from twistkv.node.protocol import RespFactory
 from twistkv.storage.errors import StorageError
 from twistkv.storage.interface import FsyncPolicy, OrderedStore
 
-__all__ = ["KVNodeService", "open_store", "advertised_address"]
+__all__ = ["GC_GEN0_THRESHOLD", "KVNodeService", "advertised_address", "open_store", "tune_garbage_collector"]
 
 _log = Logger()
 
@@ -89,11 +90,41 @@ def advertised_address(config: NodeConfig, description: str | None = None) -> st
     return f"{interface}:{port}"
 
 
+#: Allocations of container objects between two collections of the youngest generation
+#: (CPython's default is 700). See L{tune_garbage_collector}.
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_garbage_collector() -> None:
+    """Make the cyclic garbage collector cheap for a serving node.
+
+    Each request in flight holds a few container objects (a Deferred, a write's state, its
+    frames) for a round trip. With CPython's default threshold a young collection runs every
+    700 allocations, finds them still alive and promotes them, so the older generations fill
+    up and full collections walk the whole heap again and again: on the coordinator of a
+    3-node cluster under pipelined writes that was measured at 31% of its CPU. So: collect
+    once, freeze what startup built (modules, the app, the ring: never garbage, never walked
+    again, as Instagram does), and let the young generation grow to L{GC_GEN0_THRESHOLD}, so
+    that most request objects die before a collection sees them. Measured on 3 local nodes
+    (bench/cluster_compare.py --quick, QUORUM SET -P 16): coordinator 81-102 -> 66-78 us of
+    CPU per request, p99 104-121 -> 54 ms. A young collection then takes a few milliseconds,
+    once per tens of thousands of allocations.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, older, oldest)
+
+
 class KVNodeService(MultiService):
     """One twistkv node."""
 
-    def __init__(self, config: NodeConfig, reactor: Any = None) -> None:
+    def __init__(self, config: NodeConfig, reactor: Any = None, tune_gc: bool = False) -> None:
+        """@param tune_gc: once the reactor runs, tune the process's garbage collector for
+            serving (L{tune_garbage_collector}); for the process's own node (C{twistd}),
+            not for nodes built inside another program or a test."""
         super().__init__()
+        self._tune_gc = tune_gc
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -153,6 +184,8 @@ class KVNodeService(MultiService):
         self._every(config.expiry_interval, lambda: self.context.keyspace.expire_due())
         self._every(1.0, lambda: self.stats.sample(self._reactor.seconds()))
         super().startService()
+        if self._tune_gc:
+            self._reactor.callWhenRunning(tune_garbage_collector)
         _log.info(
             "twistkv node {node_id} started: clients on {listen}, http on {http}, "
             "storage {storage} (fsync {fsync}) in {data_dir}, {keys} keys",
