@@ -15,7 +15,6 @@ with C{appendfsync always}: it executes, then replies after the fsync).
 from __future__ import annotations
 
 import socket
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
@@ -51,7 +50,7 @@ from twistkv.node.commands import (
     unknown_command_error,
 )
 from twistkv.node.coordinator import KeyTooLong, QuorumUnavailable
-from twistkv.node.metrics import LATENCY_BUCKETS, CommandStat
+from twistkv.node.metrics import CommandStat
 from twistkv.storage.errors import StorageError
 
 __all__ = ["RespProtocol", "RespFactory"]
@@ -75,8 +74,6 @@ _Route = tuple[
     Callable[[ClientSession, list[bytes]], Any], int, CommandStat, Command,
     Callable[[ClientSession, list[list[bytes]]], Any] | None, int,
 ]
-#: Commands faster than this (nearly all) skip the histogram's bisection.
-_FIRST_BUCKET = LATENCY_BUCKETS[0]
 
 
 class _Slot:
@@ -223,30 +220,10 @@ class RespProtocol(Protocol):
                 while end < count and commands[end][0] == name and len(commands[end]) == nargs:
                     end += 1
                 if end > i:
-                    try:
-                        wire = run(session, commands[i - 1:end])
-                    except Exception as exc:  # noqa: BLE001 - as for one command, below
-                        wire = None
-                        failed = Failure(exc)
-                        if not isinstance(exc, StorageError):
-                            _log.failure("unexpected error in a run of {command}", failed,
-                                         command=cmd.name)
-                        # Nothing was applied: the commands run one by one, each
-                        # getting its own reply (and error).
-                    if wire is not None:
-                        size = end - i + 1
+                    done = self._execute_run(run, cmd.name, stat, commands[i - 1:end], started, out)
+                    if done is not None:
                         i = end
-                        if type(wire) is bytes:
-                            now = perf_counter()
-                            stat.observe_many(size, (now - started) / size)
-                            started = now
-                            if waiting:
-                                waiting.append(wire)
-                            else:
-                                out.append(wire)
-                        else:
-                            self._deferred(wire, stat, started, out, size)
-                            started = perf_counter()
+                        started = done
                         continue
             try:
                 reply = handler(session, args)
@@ -262,11 +239,8 @@ class RespProtocol(Protocol):
                 started = perf_counter()
                 continue
             now = perf_counter()
-            elapsed = now - started
+            stat.observe(now - started)
             started = now
-            stat.calls += 1
-            stat.seconds += elapsed
-            stat.buckets[0 if elapsed < _FIRST_BUCKET else bisect_left(LATENCY_BUCKETS, elapsed)] += 1
             if session.protocol != protocol:  # HELLO switched it: its own reply uses the new one
                 protocol = session.protocol
                 encode_into = encode_into_resp2 if protocol == 2 else encode_into_resp3
@@ -276,6 +250,36 @@ class RespProtocol(Protocol):
                 out.append(_OK_WIRE)
             else:
                 encode_into(out, reply)
+
+    def _execute_run(
+        self, run: Callable[[ClientSession, list[list[bytes]]], Any], name: str,
+        stat: CommandStat, batch: list[list[bytes]], started: float, out: list[bytes],
+    ) -> float | None:
+        """Execute C{batch}, consecutive calls of one command, through its run handler.
+
+        Returns when the next command starts (for its latency), or None when the run was
+        not taken (the handler declined, or raised: nothing was applied) and the commands
+        must run one by one, each getting its own reply and error.
+        """
+        try:
+            wire = run(self.session, batch)
+        except Exception as exc:  # noqa: BLE001 - the one-by-one path gives each its error
+            if not isinstance(exc, StorageError):
+                _log.failure("unexpected error in a run of {command}", Failure(exc), command=name)
+            return None
+        if wire is None:
+            return None
+        size = len(batch)
+        if type(wire) is not bytes:
+            self._deferred(wire, stat, started, out, size)
+            return perf_counter()
+        now = perf_counter()
+        stat.observe_many(size, (now - started) / size)
+        if self._waiting:
+            self._waiting.append(wire)
+        else:
+            out.append(wire)
+        return now
 
     def _deferred(
         self, reply: Deferred[Any], stat: CommandStat, started: float, out: list[bytes],
