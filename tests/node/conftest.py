@@ -85,6 +85,31 @@ def committer(store: MemoryStore, clock: Clock) -> GroupCommitter:
 
 
 @pytest.fixture
+def make_clock() -> Callable[[], ThreadlessClock]:
+    """A factory of fresh clocks like C{clock}, for tests that build several worlds."""
+
+    def build() -> ThreadlessClock:
+        clock = ThreadlessClock()
+        clock.advance(EPOCH)
+        return clock
+
+    return build
+
+
+@pytest.fixture
+def make_durable_committer() -> Callable[[Clock], tuple[DurableMemoryStore, GroupCommitter]]:
+    """A factory of C{committer}-like fsync=always committers over their own store."""
+
+    def build(clock: Clock) -> tuple[DurableMemoryStore, GroupCommitter]:
+        store = DurableMemoryStore()
+        committer = GroupCommitter(store, FsyncPolicy.ALWAYS, clock, threadpool=InlinePool())  # type: ignore[arg-type]
+        committer.start()
+        return store, committer
+
+    return build
+
+
+@pytest.fixture
 def keyspace(store: MemoryStore, committer: GroupCommitter, clock: Clock) -> LocalKeyspace:
     ks = LocalKeyspace(store, committer, "n1", HybridLogicalClock(), lambda: int(clock.seconds() * 1000))
     ks.load()

@@ -8,6 +8,7 @@ the simulated network is exercised by test_cluster_sim.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,7 +50,10 @@ class Net:
     its answer comes back 0.5 ms after that, unless the target is scripted to be unreachable,
     to hang, or to refuse."""
 
-    def __init__(self, clock: Clock, names: list[str], n: int = 3) -> None:
+    def __init__(self, clock: Clock, names: list[str], n: int = 3,
+                 batching: bool = False,
+                 storage: Callable[[Clock], tuple[MemoryStore, GroupCommitter]] | None = None,
+                 ) -> None:
         self.clock = clock
         self.ring = Ring(names, VNODES)
         self.faults: dict[str, str] = {}
@@ -57,15 +61,18 @@ class Net:
         self.sent: list[tuple[str, str, Frame]] = []
         self.nodes: dict[str, Coordinator] = {}
         for name in names:
-            store = MemoryStore()
-            committer = GroupCommitter(store, FsyncPolicy.NEVER, clock)
-            committer.start()
+            if storage is not None:
+                store, committer = storage(clock)
+            else:
+                store = MemoryStore()
+                committer = GroupCommitter(store, FsyncPolicy.NEVER, clock)
+                committer.start()
             now = self.now_ms
             self.nodes[name] = Coordinator(
                 name,
                 replica=ReplicaStore(store, committer, now, tombstone_grace_ms=10**9),
                 hints=HintStore(store, committer, now),
-                pool=_Pool(self, name),
+                pool=(_BatchingPool if batching else _Pool)(self, name),
                 ring_provider=lambda: self.ring,
                 alive_provider=lambda node: node not in self.believed_down,
                 address_provider=lambda node: f"{node}:7380" if node in self.nodes else None,
@@ -132,6 +139,16 @@ class _Pool:
 
         net.clock.callLater(0.0005, arrive)
         return result
+
+
+class _BatchingPool(_Pool):
+    """A pool with put() (as PeerClientPool has), so that put_run takes its run path."""
+
+    def put(self, address: str, verb: str, key: bytes, record: bytes, timeout: float | None,
+            callback: Callable[..., object], errback: Callable[..., object],
+            *args: object) -> None:
+        self.request(address, Frame(verb, 0, {"key": quote(key)}, record), timeout).addCallbacks(
+            callback, errback, callbackArgs=args, errbackArgs=args)
 
 
 def outcome(deferred: Deferred[object]) -> list[object]:
@@ -620,6 +637,52 @@ def test_put_batch_answers_once_every_record_is_durable(
     assert parse_batch_outcomes(frame, 3) == [None, "bad_request", None]
 
 
+def _sole(value: bytes, writer: str, counter: int) -> bytes:
+    return encode_record(Record((Version(value, ((writer, counter),), counter, writer),)))
+
+
+def test_put_batch_stores_a_run_of_superseding_records_in_one_commit(
+    store: MemoryStore, committer: GroupCommitter, clock: Clock
+) -> None:
+    """Records of one writer superseding what is stored reach the store in one commit per
+    run: within it a key's later record wins; a record that takes the general path (another
+    writer's, concurrent) ends the run first, so it merges with what the run stored."""
+    node = lone_coordinator("n2", store, committer, clock)
+    commits = committer.stats.commits
+    answer = node.handle("n1", _batch(("PUT", b"a", _sole(b"one", "n1", 1)),
+                                      ("PUT", b"b", _sole(b"bee", "n1", 1)),
+                                      ("PUT", b"a", _sole(b"two", "n1", 2))))
+    clock.advance(0)
+    (frame,) = outcome(answer)
+    assert parse_batch_outcomes(frame, 3) == [None, None, None]
+    assert committer.stats.commits == commits + 1
+    assert node.replica.stats.records == 2
+    assert node.replica.read(b"a") == decode_record(_sole(b"two", "n1", 2))
+    answer = node.handle("n1", _batch(("PUT", b"a", _sole(b"three", "n1", 3)),
+                                      ("PUT", b"a", _sole(b"theirs", "n3", 1))))
+    clock.advance(0)
+    (frame,) = outcome(answer)
+    assert parse_batch_outcomes(frame, 2) == [None, None]
+    assert committer.stats.commits == commits + 3
+    values = sorted(v.value for v in node.replica.read(b"a").versions)  # type: ignore[union-attr]
+    assert values == [b"theirs", b"three"]
+
+
+def test_put_batch_records_of_a_refused_commit_each_answer_storage_error(
+    store: MemoryStore, committer: GroupCommitter, clock: Clock
+) -> None:
+    """When the store refuses a run's commit (here: the committer stopped), every record of
+    the run is answered storage_error and nothing is stored."""
+    node = lone_coordinator("n2", store, committer, clock)
+    committer.stop()
+    clock.advance(0)
+    answer = node.handle("n1", _batch(("PUT", b"a", _sole(b"one", "n1", 1)),
+                                      ("PUT", b"b", _sole(b"bee", "n1", 1))))
+    assert isinstance(answer, Frame)
+    assert parse_batch_outcomes(answer, 2) == ["storage_error", "storage_error"]
+    assert node.replica.read(b"a") is None and node.replica.read(b"b") is None
+
+
 def test_repeated_blind_writes_mint_what_the_general_path_would(net3: Net) -> None:
     """The byte-level mint of a blind write on a key held as this node's own record gives the
     version new_version() would: one clock entry, strictly growing, equal to the HLC stamp;
@@ -658,6 +721,68 @@ def test_put_run_writes_every_key_and_fires_once(net3: Net) -> None:
     assert results == [None]
     for name in ("n1", "n2", "n3"):
         assert net3.stored(name, b"a") == [b"3"] and net3.stored(name, b"b") == [b"2"]
+
+
+_RUN_FAULTS = {
+    "none": ({}, set()),
+    "one replica hangs": ({"n3": "hang"}, set()),
+    "one replica unreachable": ({"n3": "unreachable"}, set()),
+    "one replica refuses": ({"n3": "refuse"}, set()),
+    "two replicas unreachable": ({"n2": "unreachable", "n3": "unreachable"}, set()),
+    "two replicas hang": ({"n2": "hang", "n3": "hang"}, set()),
+    "one replica believed down": ({"n3": "unreachable"}, {"n3"}),
+    "a peer replica hangs, a stand-in exists": ({"n2": "hang"}, set()),
+}
+
+
+def _describe_outcome(result: object) -> object:
+    if isinstance(result, list):
+        return [None if e is None else f"{type(e).__name__}: {e}" for e in result]
+    return result
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["fsync-never", "fsync-always"])
+@pytest.mark.parametrize("names", [["n1", "n2", "n3"], ["n1", "n2", "n3", "n4"]])
+@pytest.mark.parametrize("fault", sorted(_RUN_FAULTS))
+def test_put_run_run_path_answers_and_stores_what_the_general_path_does(
+    names: list[str], fault: str, durable: bool, make_clock: Callable[[], Clock],
+    make_durable_committer: Callable[[Clock], tuple[MemoryStore, GroupCommitter]],
+) -> None:
+    """The run path (a pool with put(): one commit per run, acks counted per write, a write
+    promoted to the general path on any failure) gives each write of a run the outcome, the
+    error text, the stored copies and the hints that coordinating it alone with put() gives,
+    under hanging, unreachable, refusing and believed-down replicas, with and without a
+    stand-in, with local copies acknowledged at once or after a group commit's sync. A key
+    written twice in the run and a too-long key are in it."""
+    faults, down = _RUN_FAULTS[fault]
+    pairs = [(b"a", b"1"), (b"b", b"2"), (b"a", b"3"), (b"k" * (16 * 1024 + 1), b"4")]
+    pairs += [(b"key-%d" % i, b"v%d" % i) for i in range(12)]
+    seen = []
+    for batching in (False, True):
+        clock = make_clock()
+        net = Net(clock, names, batching=batching,
+                  storage=make_durable_committer if durable else None)
+        net.faults.update(faults)
+        net.believed_down.update(down)
+        coordinator = net["n1"]
+        # Copied when it fires: what the caller saw then.
+        results = outcome(coordinator.put_run(pairs).addCallback(
+            lambda errors: None if errors is None else list(errors)))
+        net.run(0.1)
+        if not faults:
+            assert not coordinator._timed, "every write settled: no deadline left armed"
+        net.run(2.9)
+        assert not coordinator._timed
+        stored = {(name, key): net.stored(name, key) for name in names for key, _ in pairs}
+        hints = {name: (len(net[name].hints), net[name].replica.stats.records)
+                 for name in names}
+        assert len(results) == 1
+        seen.append((_describe_outcome(results[0]), stored, hints, coordinator.stats.writes,
+                     coordinator.stats.writes_unavailable, coordinator.stats.coordinator_hints))
+    general, run_path = seen
+    assert run_path == general
+    outcomes = general[0]
+    assert isinstance(outcomes, list) and outcomes[3].startswith("KeyTooLong")
 
 
 def test_put_run_reports_each_write_once_every_write_settled(net3: Net) -> None:

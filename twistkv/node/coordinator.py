@@ -339,6 +339,61 @@ class _Run:
             self.deferred.callback(self.errors)
 
 
+class _RunPlan:
+    """How the writes of a run to one preference list go while every owner is alive."""
+
+    __slots__ = ("preference", "fallbacks", "coordinated", "slots", "required", "local",
+                 "remote", "timeout")
+
+    def __init__(
+        self, preference: tuple[str, ...], fallbacks: tuple[str, ...],
+        coordinated: ReplicaSet, slots: dict[str, Replica], required: int,
+        local: Replica | None, remote: tuple[tuple[str, Replica], ...], timeout: float,
+    ) -> None:
+        self.preference = preference
+        self.fallbacks = fallbacks
+        self.coordinated = coordinated
+        #: Owner -> its target (the objects the answers are matched against).
+        self.slots = slots
+        self.required = required
+        #: This node's target when it is an owner.
+        self.local = local
+        #: (peer address, target) of the other owners.
+        self.remote = remote
+        self.timeout = timeout
+
+
+class _FastRun:
+    """The writes of one L{Coordinator.put_run} that went the short way (L{_RunPlan}): acks
+    are counted per write in flat lists, with no L{_Write}, L{WriteCoordination} or deadline
+    entry per write. A write that hears anything but an ack is I{promoted}: it becomes the
+    L{_Write} it would have been, with the acks it had, and the general path takes over
+    (stand-ins, hints, the UNAVAILABLE error), as does the deadline for every write still
+    short of its quorum then.
+    """
+
+    __slots__ = ("id", "run", "deadline", "keys", "payloads", "stored", "plans", "need",
+                 "acks", "promoted", "open", "timed")
+
+    def __init__(self, id: int, run: _Run, deadline: float) -> None:
+        self.id = id
+        self.run = run
+        self.deadline = deadline
+        #: Per write of the run (by its run index; None for writes that went another way).
+        self.keys: list[bytes | None] = [None] * run.size
+        self.payloads: list[bytes] = [b""] * run.size
+        self.stored: list[bytes | None | object] = [None] * run.size
+        self.plans: list[_RunPlan | None] = [None] * run.size
+        #: Acks still needed (0 or less: acknowledged); the nodes that acked so far.
+        self.need: list[int] = [0] * run.size
+        self.acks: list[list[str] | None] = [None] * run.size
+        #: Run index -> the write it became.
+        self.promoted: dict[int, _Write] = {}
+        #: Writes short of their quorum and not promoted: the deadline entry lives while any.
+        self.open = 0
+        self.timed = False
+
+
 @dataclass(eq=False)
 class _Read:
     key: bytes
@@ -460,7 +515,7 @@ class Coordinator:
         self._stopped = False
         #: Requests in flight by id, and a min-heap of (deadline, id) with lazy deletion:
         #: one DelayedCall for all of them instead of one per request (L{_track}).
-        self._timed: dict[int, _Write | _Read] = {}
+        self._timed: dict[int, _Write | _Read | _FastRun] = {}
         self._deadlines: list[tuple[float, int]] = []
         self._sweep_call: IDelayedCall | None = None
         self._sweep_at = 0.0
@@ -469,6 +524,10 @@ class Coordinator:
         # Bound once: a bound method is an object, and every replica request passes two.
         self._on_write_answer = self._write_answer
         self._on_write_error = self._write_error
+        self._on_run_answer = self._run_answer
+        self._on_run_error = self._run_error
+        #: The pool's batching put, which runs of writes need (L{_write_run}).
+        self._put_via_pool: Callable[..., None] | None = getattr(pool, "put", None)
         #: How this node's own one-version records start (L{_mint}'s byte-level path).
         self._block = single_writer_block(node_id)
 
@@ -522,7 +581,7 @@ class Coordinator:
 
     # -- deadlines -------------------------------------------------------------------------
 
-    def _track(self, request: _Write | _Read, deadline: float) -> None:
+    def _track(self, request: _Write | _Read | _FastRun, deadline: float) -> None:
         """Expire C{request} at C{deadline} unless L{_untrack}ed before.
 
         A DelayedCall per request costs the reactor a heap push and a cancellation on
@@ -537,11 +596,16 @@ class Coordinator:
             if call is not None:
                 call.cancel()
             self._sweep_at = deadline
-            # deadline is now + request_timeout: pass the timeout itself, as a per-request
-            # callLater did, so that rounding cannot move the deadline.
-            self._sweep_call = self._reactor.callLater(self.request_timeout, self._sweep)
+            # Usually deadline is now + request_timeout: pass the timeout itself, as a
+            # per-request callLater did, so that rounding cannot move the deadline. A write
+            # promoted out of a run (L{_promote}) has less time left.
+            delay = self.request_timeout
+            remaining = deadline - self._reactor.seconds()
+            if remaining < delay:
+                delay = max(remaining, 0.0)
+            self._sweep_call = self._reactor.callLater(delay, self._sweep)
 
-    def _untrack(self, request: _Write | _Read) -> None:
+    def _untrack(self, request: _Write | _Read | _FastRun) -> None:
         """The request needs its deadline no more (it settled)."""
         request.timed = False
         timed = self._timed
@@ -563,7 +627,7 @@ class Coordinator:
         # The call was set for _sweep_at; float rounding must not make it miss that deadline.
         now = max(self._reactor.seconds(), self._sweep_at)
         heap, timed = self._deadlines, self._timed
-        due: list[_Write | _Read] = []
+        due: list[_Write | _Read | _FastRun] = []
         while heap and heap[0][0] <= now:
             request = timed.pop(heapq.heappop(heap)[1], None)
             if request is not None:
@@ -577,6 +641,8 @@ class Coordinator:
         for request in due:
             if isinstance(request, _Write):
                 self._write_deadline(request)
+            elif isinstance(request, _FastRun):
+                self._run_deadline(request)
             else:
                 self._read_deadline(request)
 
@@ -662,10 +728,249 @@ class Coordinator:
         if not pairs:
             return succeed(None)
         run = _Run(len(pairs))
-        write = self._write
-        for index, (key, value) in enumerate(pairs):
-            write(key, value, consistency, 0, None, False, None, run, index)
+        if self._stopped or self._put_via_pool is None or not self._ready() or (
+            self._pending() is not None
+        ):
+            write = self._write
+            for index, (key, value) in enumerate(pairs):
+                write(key, value, consistency, 0, None, False, None, run, index)
+        else:
+            self._write_run(pairs, consistency, run)
         return run.deferred
+
+    # -- runs of blind writes: the short way -----------------------------------------------
+
+    def _run_plan(
+        self, successors: tuple[str, ...], consistency: ConsistencyLevel | None
+    ) -> _RunPlan | None:
+        """The plan of a run's writes to C{successors}, or None when they must go the general
+        way (an owner down or of unknown address, no owner at all)."""
+        n = self.n
+        preference, fallbacks = successors[:n], successors[n:]
+        if not preference:
+            return None
+        is_alive = self._is_alive
+        if not all(map(is_alive, preference)):
+            return None
+        owners = self._owner_plans.get(preference)
+        if owners is None:
+            owners = self._owner_plan(preference)
+        coordinated, slots = owners
+        me = self.node_id
+        remote = []
+        for node in preference:
+            if node != me:
+                address = self._address(node)
+                if address is None:
+                    return None
+                remote.append((address, slots[node]))
+        if consistency is None:
+            required = min(self.default_w, len(preference))
+        else:
+            required = required_replies(consistency, len(preference), self.default_w)
+        timeout = self.request_timeout
+        if any(map(is_alive, fallbacks)):
+            # As _send_write: give up on a slow owner early when a stand-in can take over.
+            timeout = min(self.replica_timeout, timeout)
+        return _RunPlan(preference, fallbacks, coordinated, slots, required, slots.get(me),
+                        tuple(remote), timeout)
+
+    def _write_run(
+        self, pairs: Sequence[tuple[bytes, bytes]], consistency: ConsistencyLevel | None,
+        run: _Run,
+    ) -> None:
+        """L{put_run}'s writes, each coordinated as L{_write} would, for less per write.
+
+        While every owner of a key is alive each write is minted on the bytes as usual, its
+        local copy joins one commit for the whole run (one store write, one durability
+        wait) and its records go to the other owners through the pool's C{put} (one
+        C{PUT_BATCH} per peer and turn); the answers are counted in L{_FastRun}. Writes to
+        keys with an owner down, and too-long keys, take L{_write}.
+        """
+        ring = self._ring()
+        everyone = len(ring.nodes)
+        plans: dict[tuple[str, ...], _RunPlan | None] = {}
+        deadline = self._reactor.seconds() + self.request_timeout
+        fast = _FastRun(next(self._ids), run, deadline)
+        keys, payloads, stored_of, plan_of, need = (
+            fast.keys, fast.payloads, fast.stored, fast.plans, fast.need)
+        put = self._put_via_pool
+        assert put is not None
+        answer, error = self._on_run_answer, self._on_run_error
+        #: This node's copies not yet committed: key -> record, and their run indexes.
+        staged: dict[bytes, bytes] = {}
+        staged_indexes: list[int] = []
+        fresh = 0
+        local_waits: list[tuple[list[int], Deferred[None]]] = []
+        count = 0
+        for index, (key, value) in enumerate(pairs):
+            if len(key) > MAX_KEY_BYTES:
+                run.settled(index, KeyTooLong(len(key)))
+                continue
+            successors = ring.preference_list_for_token(ring.token(key), everyone)
+            plan = plans.get(successors, _UNSEEN)
+            if plan is _UNSEEN:
+                plan = plans[successors] = self._run_plan(successors, consistency)
+            if plan is None or key in staged:
+                # The general path and the mint read what this node stores: commit first.
+                if staged:
+                    fresh = self._commit_run(fast, staged, staged_indexes, fresh, local_waits)
+                if plan is None:
+                    self._write(key, value, consistency, 0, None, False, None, run, index)
+                    continue
+            assert isinstance(plan, _RunPlan)
+            _, payload, stored = self._mint(key, value, 0, None, False, keep=False)
+            count += 1
+            keys[index] = key
+            payloads[index] = payload
+            stored_of[index] = stored
+            plan_of[index] = plan
+            need[index] = plan.required
+            fast.open += 1
+            if plan.local is not None:
+                if stored is _UNSEEN:
+                    # Minted over another writer's versions: merged in, on its own.
+                    if staged:
+                        fresh = self._commit_run(fast, staged, staged_indexes, fresh,
+                                                 local_waits)
+                    self._commit_one(fast, index, local_waits)
+                else:
+                    staged[key] = payload
+                    staged_indexes.append(index)
+                    fresh += stored is None
+            for address, target in plan.remote:
+                put(address, "PUT", key, payload, plan.timeout, answer, error, fast, index,
+                    target)
+        if staged:
+            self._commit_run(fast, staged, staged_indexes, fresh, local_waits)
+        self.stats.writes += count
+        if fast.open:
+            self._track(fast, deadline)
+        for indexes, wait in local_waits:
+            wait.addCallbacks(self._run_local_acked, self._run_local_failed,
+                              callbackArgs=(fast, indexes), errbackArgs=(fast, indexes))
+
+    def _commit_run(
+        self, fast: _FastRun, staged: dict[bytes, bytes], indexes: list[int], fresh: int,
+        waits: list[tuple[list[int], Deferred[None]]],
+    ) -> int:
+        """Store this node's staged copies in one commit; empties C{staged} and C{indexes}
+        and returns 0 (the new count of fresh keys)."""
+        taken = list(indexes)
+        staged_ops = list(staged.items())
+        staged.clear()
+        indexes.clear()
+        try:
+            wait = self.replica.replace_many(staged_ops, fresh)
+        except StorageError as failure:
+            for index in taken:
+                self._run_local_failed(failure, fast, (index,))
+            return 0
+        if wait is None:
+            self._run_local_acked(None, fast, taken)
+        else:
+            waits.append((taken, wait))
+        return 0
+
+    def _commit_one(
+        self, fast: _FastRun, index: int, waits: list[tuple[list[int], Deferred[None]]]
+    ) -> None:
+        """Merge one write's version into this node's copy (minted over other writers)."""
+        key, payload = fast.keys[index], fast.payloads[index]
+        assert key is not None
+        try:
+            wait = self.replica.apply(key, (decode_record(payload).versions[0],),
+                                      encoded=payload)
+        except StorageError as failure:
+            self._run_local_failed(failure, fast, (index,))
+            return
+        if wait is None:
+            self._run_local_acked(None, fast, (index,))
+        else:
+            waits.append(([index], wait))
+
+    def _run_local_acked(self, _: object, fast: _FastRun, indexes: Sequence[int]) -> None:
+        for index in indexes:
+            self._run_answer(_ACK, fast, index, self._local_target(fast, index))
+
+    def _run_local_failed(self, failure: Failure | BaseException, fast: _FastRun,
+                          indexes: Sequence[int]) -> None:
+        for index in indexes:
+            self._run_error(failure, fast, index, self._local_target(fast, index))
+
+    @staticmethod
+    def _local_target(fast: _FastRun, index: int) -> Replica:
+        plan = fast.plans[index]
+        assert plan is not None and plan.local is not None
+        return plan.local
+
+    def _run_answer(self, frame: Frame, fast: _FastRun, index: int, target: Replica) -> None:
+        """A replica's answer to write C{index} of C{fast}."""
+        promoted = fast.promoted
+        if promoted and index in promoted:
+            self._write_answer(frame, promoted[index], target)
+        elif frame.verb == "ACK":
+            acks = fast.acks[index]
+            if acks is None:
+                fast.acks[index] = [target.node]
+            else:
+                acks.append(target.node)
+            left = fast.need[index] - 1
+            fast.need[index] = left
+            if left == 0:
+                fast.run.settled(index, None)
+                fast.open -= 1
+                if not fast.open and fast.timed:
+                    self._untrack(fast)
+        else:
+            reason = frame.fields.get("reason", frame.verb.lower())
+            self._write_failed(self._promote(fast, index), target, f"refused ({reason})")
+
+    def _run_error(self, failure: Failure | BaseException, fast: _FastRun, index: int,
+                   target: Replica) -> None:
+        promoted = fast.promoted.get(index)
+        if promoted is None:
+            promoted = self._promote(fast, index)
+        self._write_failed(promoted, target, _describe(failure))
+
+    def _promote(self, fast: _FastRun, index: int) -> _Write:
+        """Write C{index} of C{fast} as the L{_Write} the general path would hold by now."""
+        plan, key = fast.plans[index], fast.keys[index]
+        assert plan is not None and key is not None
+        write_id = next(self._ids)
+        write = _Write(
+            write_id, key, None, "PUT", fast.payloads[index], fast.stored[index],
+            plan.required, fast.deadline, plan.fallbacks, dict(plan.slots),
+            WriteCoordination(write_id, plan.coordinated, plan.required, fast.deadline),
+            fast.run,
+        )
+        write.run_index = index
+        write.tried.update(plan.preference)
+        coordination = write.coordination
+        for node in fast.acks[index] or ():
+            write.acked[node] = plan.slots[node]
+            coordination.on_ack(node)
+        fast.promoted[index] = write
+        if fast.need[index] > 0:
+            fast.open -= 1
+            if not fast.open and fast.timed:
+                self._untrack(fast)
+        else:
+            write.settled = True  # reported to the run already; what is left is hints
+        if self._reactor.seconds() < fast.deadline:
+            self._track(write, fast.deadline)
+        else:
+            write.expired = True
+        return write
+
+    def _run_deadline(self, fast: _FastRun) -> None:
+        """The run's deadline passed: each write still short of its quorum fails as
+        L{_write_deadline} fails a write."""
+        for index, left in enumerate(fast.need):
+            if left > 0 and fast.plans[index] is not None and index not in fast.promoted:
+                write = self._promote(fast, index)
+                write.expired = True
+                self._write_deadline(write)
 
     def replicate(
         self, key: bytes, version: Version, consistency: ConsistencyLevel | None = None
@@ -1189,36 +1494,80 @@ class Coordinator:
         return None, wait
 
     def _handle_batch(self, frame: Frame) -> Frame | Deferred[Frame | None]:
-        """C{PUT_BATCH}: each record applied as its own C{PUT}/C{DEL}, answered in one C{VAL}
-        with an outcome per record (a refused record does not fail the others)."""
+        """C{PUT_BATCH}: each record applied as its own C{PUT}/C{DEL} would be, answered in
+        one C{VAL} with an outcome per record (a refused record does not fail the others).
+
+        Records of one writer that supersede what is stored (the usual replica write, see
+        L{_store_record}) are stored as they came in one commit per run of them, so a batch
+        costs one store write and one durability wait, not one per record. A run ends before
+        any record that takes the general path, which must read what the run stored.
+        """
         try:
             entries = parse_put_batch(frame)
         except PeerProtocolError as error:
             return error_frame(0, "bad_request", error.message)
         served = self.stats.served
         outcomes: list[str | None] = [None] * len(entries)
-        waits: list[tuple[int, Deferred[None]]] = []
+        waits: list[tuple[Sequence[int], Deferred[None]]] = []
+        replica = self.replica
+        raw_of = replica.raw
+        #: The current run: key -> the record to store (a key's last record supersedes its
+        #: earlier ones), and the indexes the run's commit answers for.
+        staged: dict[bytes, bytes] = {}
+        staged_indexes: list[int] = []
+        new_records = 0
+
+        def commit_staged() -> None:
+            try:
+                wait = replica.replace_many(list(staged.items()), new_records)
+            except StorageError:
+                for index in staged_indexes:
+                    outcomes[index] = "storage_error"
+            else:
+                if wait is not None:
+                    waits.append((list(staged_indexes), wait))
+            staged.clear()
+            staged_indexes.clear()
+
         for index, (verb, key, payload) in enumerate(entries):
             served[verb] = served.get(verb, 0) + 1
+            if payload and (verb != "DEL" or payload[3:4] == b"\x01"):
+                stored = staged.get(key)
+                if stored is None:
+                    stored = raw_of(key)
+                    fresh = stored is None
+                else:
+                    fresh = False
+                if supersedes_sole_writer(stored, payload):
+                    staged[key] = payload
+                    staged_indexes.append(index)
+                    new_records += fresh
+                    continue
+            if staged:
+                commit_staged()
+                new_records = 0
             refusal, wait = self._store_record(verb, key, None, payload)
             if refusal is not None:
                 outcomes[index] = refusal[0]
             elif wait is not None:
-                waits.append((index, wait))
+                waits.append(((index,), wait))
+        if staged:
+            commit_staged()
         if not waits:
             return batch_outcomes_frame(outcomes)
         answer: Deferred[Frame | None] = Deferred()
         remaining = [len(waits)]
 
-        def settled(result: object, index: int) -> None:
+        def settled(result: object, indexes: Sequence[int]) -> None:
             if isinstance(result, Failure):
-                outcomes[index] = "storage_error"
+                for index in indexes:
+                    outcomes[index] = "storage_error"
             remaining[0] -= 1
             if remaining[0] == 0:
                 answer.callback(batch_outcomes_frame(outcomes))
 
-        for index, wait in waits:
-            wait.addBoth(settled, index)
+        for indexes, wait in waits:
+            wait.addBoth(settled, indexes)
         return answer
 
 

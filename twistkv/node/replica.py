@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -225,6 +225,21 @@ class ReplicaStore:
         if stored is None:
             stats.records += 1
         stats.applied += 1
+        return wait
+
+    def replace_many(self, ops: Sequence[tuple[bytes, bytes]], new_records: int) -> Wait:
+        """L{replace} for several keys in one commit (a C{PUT_BATCH}'s superseding records):
+        one batch for the store and, under C{--fsync always}, one wait for all of them.
+
+        @param ops: C{(key, encoded)}, each key once, each record superseding what L{raw}
+            returned for its key.
+        @param new_records: how many of the keys had no record stored (for the count).
+        @raise StorageError: the committer refused the write (failed or shutting down).
+        """
+        wait = self._committer.commit([(DATA_PREFIX + key, encoded) for key, encoded in ops])
+        stats = self.stats
+        stats.records += new_records
+        stats.applied += len(ops)
         return wait
 
     def collect_garbage(self, limit: int = 1000) -> int:
