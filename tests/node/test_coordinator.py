@@ -785,6 +785,29 @@ def test_put_run_run_path_answers_and_stores_what_the_general_path_does(
     assert isinstance(outcomes, list) and outcomes[3].startswith("KeyTooLong")
 
 
+def test_put_run_with_a_plan_made_before_an_owner_went_down_still_keeps_its_copy(
+    clock: Clock,
+) -> None:
+    """A run plan is reused for up to 0.1 s: a run sent to an owner that went down since is
+    promoted write by write to the general path, so each write still succeeds at QUORUM and
+    the down owner's copy is kept as a hint, as for a run planned after the failure."""
+    net = Net(clock, ["n1", "n2", "n3"], batching=True)
+    keys = [b"key-%d" % i for i in range(8)]
+    assert outcome(net["n1"].put_run([(key, b"before") for key in keys])) == []
+    net.run(0.01)
+    for pause in (0.0, 0.2):  # within the plan's lifetime, then past it
+        net.faults["n3"] = "unreachable"
+        net.believed_down.add("n3")
+        clock.advance(pause)
+        stats = net["n1"].hints.stats
+        kept = stats.added + stats.merged
+        results = outcome(net["n1"].put_run([(key, b"after %g" % pause) for key in keys]))
+        net.run(0.01)
+        assert results == [None]
+        assert stats.added + stats.merged == kept + len(keys)
+        assert all(net.stored("n2", key) == [b"after %g" % pause] for key in keys)
+
+
 def test_put_run_reports_each_write_once_every_write_settled(net3: Net) -> None:
     """A run with a write that cannot succeed fires once the others have settled, with one
     outcome per write in order (None: acknowledged; the error put would give otherwise),

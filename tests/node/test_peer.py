@@ -806,6 +806,46 @@ def test_pool_put_batches_on_the_connection_and_sends_single_puts_while_connecti
     assert seen == [("ACK", "queued"), ("ACK", "0"), ("ACK", "1"), ("ACK", "2")]
 
 
+def test_put_many_is_put_for_each_record_in_one_call() -> None:
+    """put_many hands several records over at once: on a connection they join the turn's
+    PUT_BATCH with their own outcomes; through the pool before the connection is up, each
+    is queued as a plain PUT, as put() would."""
+    replica = BatchReplica()
+    pair = Pair(replica)
+    pair.flush()
+    seen: list[tuple[str, str]] = []
+    answered = lambda frame, tag: seen.append((tag, frame.verb))  # noqa: E731
+    pair.client.put("PUT", b"a", b"r", 5.0, answered, no_handler, "a")
+    pair.client.put_many([("PUT", b"refuse", b"r", 5.0, answered, no_handler, "refuse"),
+                          ("DEL", b"c", b"t", 5.0, answered, no_handler, "c")])
+    pair.flush()
+    (frame,) = replica.frames
+    assert [tuple(entry) for entry in parse_put_batch(frame)] == [
+        ("PUT", b"a", b"r"), ("PUT", b"refuse", b"r"), ("DEL", b"c", b"t")]
+    assert seen == [("a", "ACK"), ("refuse", "NACK"), ("c", "ACK")]
+
+    received: list[str] = []
+
+    def handler(peer: str, frame: Frame) -> Frame:
+        received.append(frame.verb)
+        if frame.verb == "PUT_BATCH":
+            return batch_outcomes_frame([None] * len(parse_put_batch(frame)))
+        return Frame("ACK", 0)
+
+    net = FakeNet(handler)
+    tags: list[str] = []
+    record = lambda frame, tag: tags.append(f"{frame.verb}:{tag}")  # noqa: E731
+    net.pool.put_many("b:7380", [("PUT", b"k0", b"r", 1.0, record, record, "0"),
+                                 ("PUT", b"k1", b"r", 1.0, record, record, "1")])
+    net.flush()
+    net.pool.put_many("b:7380", [("PUT", b"k2", b"r", 1.0, record, record, "2"),
+                                 ("PUT", b"k3", b"r", 1.0, record, record, "3")])
+    net.clock.advance(0)
+    net.flush()
+    assert received == ["PUT", "PUT", "PUT_BATCH"]
+    assert tags == ["ACK:0", "ACK:1", "ACK:2", "ACK:3"]
+
+
 def test_records_put_by_a_failing_batchs_callbacks_still_leave() -> None:
     """A batch refused at send time (too many requests outstanding) fails its records at
     once; a record its callback puts again, during that flush, is sent in the same flush."""

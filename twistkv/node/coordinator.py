@@ -339,6 +339,13 @@ class _Run:
             self.deferred.callback(self.errors)
 
 
+#: Seconds a run plan (L{_RunPlan}) is used for before it is made again. A plan records which
+#: owners were alive and their addresses: a write using one up to this much older is as if it
+#: had arrived that much earlier (a write to an owner that just went down still fails over to
+#: a stand-in, through the general path). Failure detection takes seconds.
+_RUN_PLAN_TTL = 0.1
+
+
 class _RunPlan:
     """How the writes of a run to one preference list go while every owner is alive."""
 
@@ -526,8 +533,17 @@ class Coordinator:
         self._on_write_error = self._write_error
         self._on_run_answer = self._run_answer
         self._on_run_error = self._run_error
-        #: The pool's batching put, which runs of writes need (L{_write_run}).
+        #: The pool's batching put, which runs of writes need (L{_write_run}), and its
+        #: put_many when it has one.
         self._put_via_pool: Callable[..., None] | None = getattr(pool, "put", None)
+        self._put_many: Callable[[str, Sequence[tuple[object, ...]]], None] = (
+            getattr(pool, "put_many", None) or self._put_each)
+        #: The run plans of the ring C{_plans_ring} (L{_run_plan}) by consistency, then by
+        #: successor list; made afresh at most _RUN_PLAN_TTL seconds after C{_plans_since}.
+        self._run_plans: dict[ConsistencyLevel | None,
+                              dict[tuple[str, ...], _RunPlan | None]] = {}
+        self._plans_ring: Ring | None = None
+        self._plans_since = 0.0
         #: How this node's own one-version records start (L{_mint}'s byte-level path).
         self._block = single_writer_block(node_id)
 
@@ -575,6 +591,12 @@ class Coordinator:
     ) -> None:
         self._call(address, Frame(verb, 0, {"key": quote(key)}, record), timeout, callback,
                    errback, *args)
+
+    def _put_each(self, address: str, items: Sequence[tuple[object, ...]]) -> None:
+        put = self._put_via_pool
+        assert put is not None
+        for item in items:
+            put(address, *item)
 
     def _remaining(self, deadline: float) -> float:
         return max(deadline - self._reactor.seconds(), 0.001)
@@ -789,14 +811,20 @@ class Coordinator:
         """
         ring = self._ring()
         everyone = len(ring.nodes)
-        plans: dict[tuple[str, ...], _RunPlan | None] = {}
-        deadline = self._reactor.seconds() + self.request_timeout
+        now = self._reactor.seconds()
+        if ring is not self._plans_ring or now - self._plans_since > _RUN_PLAN_TTL:
+            self._plans_ring, self._plans_since = ring, now
+            self._run_plans.clear()
+        plans = self._run_plans.get(consistency)
+        if plans is None:
+            plans = self._run_plans[consistency] = {}
+        deadline = now + self.request_timeout
         fast = _FastRun(next(self._ids), run, deadline)
         keys, payloads, stored_of, plan_of, need = (
             fast.keys, fast.payloads, fast.stored, fast.plans, fast.need)
-        put = self._put_via_pool
-        assert put is not None
         answer, error = self._on_run_answer, self._on_run_error
+        #: Peer address -> the records of this run for it (one hand-over to the pool each).
+        outgoing: dict[str, list[tuple[object, ...]]] = {}
         #: This node's copies not yet committed: key -> record, and their run indexes.
         staged: dict[bytes, bytes] = {}
         staged_indexes: list[int] = []
@@ -839,10 +867,16 @@ class Coordinator:
                     staged_indexes.append(index)
                     fresh += stored is None
             for address, target in plan.remote:
-                put(address, "PUT", key, payload, plan.timeout, answer, error, fast, index,
-                    target)
+                items = outgoing.get(address)
+                if items is None:
+                    items = outgoing[address] = []
+                items.append(("PUT", key, payload, plan.timeout, answer, error, fast, index,
+                              target))
         if staged:
             self._commit_run(fast, staged, staged_indexes, fresh, local_waits)
+        put_many = self._put_many
+        for address, items in outgoing.items():
+            put_many(address, items)
         self.stats.writes += count
         if fast.open:
             self._track(fast, deadline)

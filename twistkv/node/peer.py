@@ -31,7 +31,7 @@ from __future__ import annotations
 import random
 import socket
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeAlias
@@ -665,6 +665,17 @@ class PeerProtocol(Protocol):
         if not self._batching and self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
 
+    def put_many(self, items: Sequence[_BatchItem]) -> None:
+        """L{put} for several records at once: each item is C{(verb, key, record, timeout,
+        callback, errback, *args)}, reported exactly as L{put} reports it."""
+        if not self.batches_puts or not self.ready:
+            for item in items:
+                self.put(*item)
+            return
+        self._batch.extend(items)
+        if not self._batching and self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+
     def _send_batch(self) -> None:
         """Turn this turn's L{put} records into C{PUT_BATCH} requests (in L{_flush})."""
         items, self._batch = self._batch, []
@@ -701,11 +712,12 @@ class PeerProtocol(Protocol):
                                                    error.message)), chunk)
             return
         for item, reason in zip(chunk, outcomes, strict=True):
-            if reason is None:
-                answer = _BATCH_ACK
-            else:
-                answer = Frame("NACK", frame.request_id, {"reason": reason})
-            _report(item[4], answer, item[6:])
+            answer = (_BATCH_ACK if reason is None
+                      else Frame("NACK", frame.request_id, {"reason": reason}))
+            try:  # _report, inlined: this loop runs once per replicated write
+                item[4](answer, *item[6:])
+            except Exception:
+                _log.failure("Answer callback for a PUT_BATCH record failed")
 
     def _batch_failed(self, failure: Failure, chunk: list[_BatchItem]) -> None:
         for item in chunk:
@@ -1045,6 +1057,19 @@ class PeerClientPool:
                     return
         self.call(address, Frame(verb, 0, {"key": quote(key)}, record), timeout, callback,
                   errback, *args)
+
+    def put_many(self, address: str, items: Sequence[_BatchItem]) -> None:
+        """L{put} for several records to C{address}: each item is C{(verb, key, record,
+        timeout, callback, errback, *args)} with a number for the timeout."""
+        if not self._closed:
+            link = self._links.get(address)
+            if link is not None and link.state is _LinkState.READY:
+                protocol = link.protocol
+                if protocol is not None and protocol.ready:
+                    protocol.put_many(items)
+                    return
+        for item in items:
+            self.put(address, *item)
 
     def send(self, address: str, frame: Frame) -> None:
         """Send a one-way frame, best effort: failures are logged, never raised."""
