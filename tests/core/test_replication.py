@@ -500,6 +500,20 @@ def test_sole_writer_shortcut_only_says_yes_when_the_merge_is_the_incoming_recor
         assert encode_record(merged) == incoming
 
 
+@given(st.one_of(st.none(), st.binary(max_size=80), any_records),
+       st.one_of(st.binary(max_size=80), any_records), st.integers(0, 79), st.integers(0, 255))
+def test_sole_writer_checks_never_raise_on_damaged_bytes(
+    stored: bytes | None, incoming: bytes, at: int, byte: int
+) -> None:
+    """Garbage and records with one byte changed are answered (a bool, a clock or None), never
+    an exception: the replica calls these on bytes a peer sent before anything decodes them."""
+    if incoming and at < len(incoming):
+        incoming = incoming[:at] + bytes((byte,)) + incoming[at + 1:]
+    assert supersedes_sole_writer(stored, incoming) in (True, False)
+    clock = sole_writer_clock(incoming, single_writer_block("a"))
+    assert clock is None or (isinstance(clock, tuple) and clock[1] >= 1)
+
+
 def test_sole_writer_shortcut_covers_the_usual_replica_write() -> None:
     """A newer write of the key's only writer, or a new key, is recognised; an older one, one
     of another writer, a counter, two siblings or a broken record are left to the merge."""

@@ -398,9 +398,19 @@ def next_stand_in(
 
 _SOLE_HEAD = struct.Struct(">BHBQQ")  # format 1, one version, flags, hlc, expires_at_ms
 _SOLE_TAIL = struct.Struct(">QI")  # the clock's one counter, value length
-_SOLE_PREFIX = b"\x01\x00\x01"
-_HLC_AT = 4
 _BLOCK_AT = 20  # where the writer's str8 starts
+#: Writer name length -> the struct of a sole writer's record up to its value: the head, the
+#: writer block (name, then the clock's one entry: count 1 and the same name) and the tail.
+#: One C{unpack_from} then reads all the fields the checks below need.
+_SOLE_LAYOUTS: dict[int, struct.Struct] = {}
+
+
+def _sole_layout(name_length: int) -> struct.Struct:
+    layout = _SOLE_LAYOUTS.get(name_length)
+    if layout is None:
+        layout = _SOLE_LAYOUTS[name_length] = struct.Struct(
+            f">BHBQQ{2 * name_length + 4}sQI")
+    return layout
 
 
 def sole_writer_clock(raw: bytes, block: bytes) -> tuple[int, int] | None:
@@ -408,23 +418,14 @@ def sole_writer_clock(raw: bytes, block: bytes) -> tuple[int, int] | None:
     version written by the node of C{block} (L{twistkv.core.record.single_writer_block}) and
     clocked by that node alone; None otherwise (counters included: they take the general path).
     The writer's name is not checked for UTF-8: C{block} comes from a trusted source."""
-    end = _BLOCK_AT + len(block)
-    if (raw[:3] != _SOLE_PREFIX or raw[3] > 1 or raw[_BLOCK_AT:end] != block
-            or len(raw) < end + 12):
+    layout = _sole_layout((len(block) - 4) // 2)
+    if len(raw) < layout.size:
         return None
-    counter, size = _SOLE_TAIL.unpack_from(raw, end)
-    if end + 12 + size != len(raw) or counter < 1:
+    version, count, flags, hlc, _, writer, counter, size = layout.unpack_from(raw)
+    if (version != 1 or count != 1 or flags > 1 or writer != block or counter < 1
+            or layout.size + size != len(raw)):
         return None
-    return int.from_bytes(raw[_HLC_AT:_HLC_AT + 8], "big"), counter
-
-
-def _sole_writer_block(raw: bytes) -> bytes | None:
-    """The writer block of C{raw} if its first version looks written and clocked by one node."""
-    if len(raw) <= _BLOCK_AT:
-        return None
-    name = raw[_BLOCK_AT:_BLOCK_AT + 1 + raw[_BLOCK_AT]]
-    block = name + b"\x00\x01" + name
-    return block if raw[_BLOCK_AT:_BLOCK_AT + len(block)] == block else None
+    return hlc, counter
 
 
 def supersedes_sole_writer(stored: bytes | None, incoming: bytes) -> bool:
@@ -436,20 +437,30 @@ def supersedes_sole_writer(stored: bytes | None, incoming: bytes) -> bool:
     of that same sole writer with a smaller counter. False means "decode and merge": it never
     says the record is bad.
     """
-    block = _sole_writer_block(incoming)
-    if block is None:
+    if len(incoming) <= _BLOCK_AT:
         return False
-    theirs = sole_writer_clock(incoming, block)
-    if theirs is None:
+    name_length = incoming[_BLOCK_AT]
+    layout = _sole_layout(name_length)
+    if len(incoming) < layout.size:
+        return False
+    version, count, flags, _, _, block, counter, size = layout.unpack_from(incoming)
+    if (version != 1 or count != 1 or flags > 1 or counter < 1
+            or layout.size + size != len(incoming)):
+        return False
+    name = block[:name_length + 1]  # the str8, length byte included
+    if block[name_length + 1:] != b"\x00\x01" + name:
         return False
     if stored is None:
         try:
-            incoming[_BLOCK_AT + 1:_BLOCK_AT + 1 + incoming[_BLOCK_AT]].decode("utf-8")
+            name[1:].decode("utf-8")
         except UnicodeDecodeError:
             return False
         return True
-    ours = sole_writer_clock(stored, block)
-    return ours is not None and theirs[1] > ours[1]
+    if len(stored) < layout.size:
+        return False
+    version, count, flags, _, _, writer, ours, size = layout.unpack_from(stored)
+    return (version == 1 and count == 1 and flags <= 1 and writer == block and ours >= 1
+            and layout.size + size == len(stored) and counter > ours)
 
 
 def encode_sole_writer(

@@ -670,12 +670,13 @@ class Coordinator:
 
     def _mint(
         self, key: bytes, value: bytes, expires_at_ms: int, context: VectorClock | None,
-        tombstone: bool, keep: bool = True,
+        tombstone: bool, keep: bool = True, wall: int | None = None,
     ) -> tuple[Version | None, bytes, bytes | None | object]:
         """The new version, its record's bytes, and the stored bytes it was minted from
         (L{_UNSEEN} unless they were read undecoded). It descends the context (default: what
         we hold locally). Without C{keep} the byte-level path builds no L{Version} (None)."""
-        wall = self.now_ms()
+        if wall is None:
+            wall = self.now_ms()
         node = self.node_id
         if context is None:
             # The usual blind write: the key absent here or last written by this node alone
@@ -819,6 +820,7 @@ class Coordinator:
         if plans is None:
             plans = self._run_plans[consistency] = {}
         deadline = now + self.request_timeout
+        wall = int(now * 1000)  # now_ms(), read once: the writes of a run arrived together
         fast = _FastRun(next(self._ids), run, deadline)
         keys, payloads, stored_of, plan_of, need = (
             fast.keys, fast.payloads, fast.stored, fast.plans, fast.need)
@@ -847,7 +849,7 @@ class Coordinator:
                     self._write(key, value, consistency, 0, None, False, None, run, index)
                     continue
             assert isinstance(plan, _RunPlan)
-            _, payload, stored = self._mint(key, value, 0, None, False, keep=False)
+            _, payload, stored = self._mint(key, value, 0, None, False, False, wall)
             count += 1
             keys[index] = key
             payloads[index] = payload
