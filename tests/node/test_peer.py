@@ -7,6 +7,7 @@ is a C{MemoryReactorClock}. No sockets, no wall clock.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -782,10 +783,8 @@ def test_put_batch_failures_reach_every_record_of_the_batch() -> None:
     assert seen == [("e", "PeerUnavailable")]
 
 
-def test_pool_put_batches_on_the_connection_and_sends_single_puts_while_connecting() -> None:
-    """Before the connection is up a record is queued as a plain PUT; once it is up, the
-    records of a turn share one PUT_BATCH."""
-    received: list[str] = []
+def _acking_handler(received: list[str]) -> Callable[[str, Frame], Frame]:
+    """A replica handler that records each verb and applies everything (ACK / all-None VAL)."""
 
     def handler(peer: str, frame: Frame) -> Frame:
         received.append(frame.verb)
@@ -793,7 +792,14 @@ def test_pool_put_batches_on_the_connection_and_sends_single_puts_while_connecti
             return batch_outcomes_frame([None] * len(parse_put_batch(frame)))
         return Frame("ACK", 0)
 
-    net = FakeNet(handler)
+    return handler
+
+
+def test_pool_put_batches_on_the_connection_and_sends_single_puts_while_connecting() -> None:
+    """Before the connection is up a record is queued as a plain PUT; once it is up, the
+    records of a turn share one PUT_BATCH."""
+    received: list[str] = []
+    net = FakeNet(_acking_handler(received))
     seen: list[tuple[str, str]] = []
     record = lambda frame, tag: seen.append((frame.verb, tag))  # noqa: E731
     net.pool.put("b:7380", "PUT", b"k0", b"r", None, record, record, "queued")
@@ -825,14 +831,7 @@ def test_put_many_is_put_for_each_record_in_one_call() -> None:
     assert seen == [("a", "ACK"), ("refuse", "NACK"), ("c", "ACK")]
 
     received: list[str] = []
-
-    def handler(peer: str, frame: Frame) -> Frame:
-        received.append(frame.verb)
-        if frame.verb == "PUT_BATCH":
-            return batch_outcomes_frame([None] * len(parse_put_batch(frame)))
-        return Frame("ACK", 0)
-
-    net = FakeNet(handler)
+    net = FakeNet(_acking_handler(received))
     tags: list[str] = []
     record = lambda frame, tag: tags.append(f"{frame.verb}:{tag}")  # noqa: E731
     net.pool.put_many("b:7380", [("PUT", b"k0", b"r", 1.0, record, record, "0"),
