@@ -12,11 +12,13 @@ from hypothesis import strategies as st
 from twistkv.core.peerwire import (
     DEFAULT_MAX_PAYLOAD,
     ERROR_CODES,
+    FEATURE_GET_BATCH,
     FEATURE_PUT_BATCH,
     MAX_BATCH_KEY,
     MAX_BATCH_RECORDS,
     MAX_LINE,
     MAX_REQUEST_ID,
+    NOT_SENT,
     PROTOCOL_VERSION,
     RESPONSE_VERBS,
     SUPPORTED_FEATURES,
@@ -37,7 +39,11 @@ from twistkv.core.peerwire import (
     encode_frame,
     error_details,
     error_frame,
+    get_batch_answer,
+    get_batch_frames,
     parse_batch_outcomes,
+    parse_get_batch,
+    parse_get_batch_answer,
     parse_put_batch,
     put_batch_frames,
     quote,
@@ -1007,15 +1013,116 @@ def test_batch_outcomes_that_do_not_match_are_bad_request(payload: bytes, expect
     assert caught.value.code == "bad_request"
 
 
+# GET_BATCH (§5.2.2) --------------------------------------------------------------------------
+
+batch_keys = st.lists(st.binary(min_size=1, max_size=20), min_size=1, max_size=60)
+
+
+@given(keys=batch_keys, max_records=st.integers(1, 8), max_bytes=st.integers(1, 300))
+def test_get_batch_round_trips_in_order_within_bounds(
+    keys: list[bytes], max_records: int, max_bytes: int
+) -> None:
+    """Keys split into GET_BATCH frames come back in order through the codec; every frame
+    holds at most max_records keys and passes max_bytes only when it holds one key. Tuples
+    that start with the key travel as the key."""
+    frames = get_batch_frames([(key, "extra") for key in keys], max_records, max_bytes)
+    decoded: list[bytes] = []
+    for frame, count in frames:
+        assert 1 <= count <= max_records
+        assert count == 1 or len(frame.payload) - 4 <= max_bytes
+        (received,) = FrameDecoder().feed(encode_frame(frame, request_id=9))
+        assert received.verb == "GET_BATCH" and received.request_id == 9
+        got = parse_get_batch(received)
+        assert len(got) == count
+        decoded += got
+    assert decoded == keys
+
+
+def test_get_batch_sender_refuses_keys_it_must_not_send() -> None:
+    """An empty or over-long key never goes into a GET_BATCH: our bug, raised at once."""
+    for key in (b"", b"k" * (MAX_BATCH_KEY + 1)):
+        with pytest.raises(InvalidFrameError):
+            get_batch_frames([key])
+    assert len(get_batch_frames([b"k"] * (MAX_BATCH_RECORDS + 1))) == 2
+
+
+@pytest.mark.parametrize("payload", [
+    b"",                                              # no count
+    b"\x00\x00\x00\x00",                                # count 0
+    (MAX_BATCH_RECORDS + 1).to_bytes(4, "big"),       # count above the bound
+    b"\x00\x00\x00\x01\x00\x00\x00\x00",                # empty key
+    b"\x00\x00\x00\x01\x00\x00\x00\x05k",               # truncated key
+    b"\x00\x00\x00\x02\x00\x00\x00\x01k",               # one key missing
+    b"\x00\x00\x00\x01\x00\x00\x00\x01kX",              # trailing byte
+    b"\x00\x00\x00\x01\x00\x00",                        # truncated length
+    b"\x00\x00\x00\x01\x00\x00\x40\x01" + b"k" * 16385,  # key past the 16 KiB limit
+])
+def test_get_batch_malformed_layout_is_bad_request(payload: bytes) -> None:
+    """Every broken GET_BATCH layout is refused as a whole with bad_request, never a crash."""
+    with pytest.raises(PeerProtocolError) as caught:
+        parse_get_batch(Frame("GET_BATCH", 1, {}, payload))
+    assert caught.value.code == "bad_request"
+
+
+@given(payload=st.binary(max_size=80))
+def test_get_batch_garbage_is_keys_or_bad_request(payload: bytes) -> None:
+    """Arbitrary payloads parse into keys or raise bad_request; nothing else escapes."""
+    try:
+        keys = parse_get_batch(Frame("GET_BATCH", 1, {}, payload))
+    except PeerProtocolError as error:
+        assert error.code == "bad_request"
+    else:
+        assert 1 <= len(keys) <= MAX_BATCH_RECORDS and all(keys)
+
+
+@given(records=st.lists(st.one_of(st.none(), st.binary(min_size=1, max_size=50)),
+                        min_size=1, max_size=40),
+       max_bytes=st.integers(1, 400))
+def test_get_batch_answer_round_trips_or_leaves_out_past_the_bound(
+    records: list[bytes | None], max_bytes: int
+) -> None:
+    """The VAL answering a GET_BATCH carries each key's record or None, in order; a record
+    that would take the payload past max_bytes is left out (NOT_SENT), except the first,
+    so the payload passes the bound only by that first record."""
+    frame = get_batch_answer(records, max_bytes)
+    (received,) = FrameDecoder().feed(encode_frame(frame, request_id=4))
+    got = parse_get_batch_answer(received, len(records))
+    assert len(got) == len(records)
+    for index, (sent, back) in enumerate(zip(records, got, strict=True)):
+        if back is NOT_SENT:
+            assert index > 0 and sent is not None
+        else:
+            assert back == sent
+    first = records[0]
+    # Past the bound only by the first entry, and 4 bytes per entry after it (None, NOT_SENT).
+    assert len(frame.payload) <= max(max_bytes, 8 + len(first or b"")) + 4 * (len(records) - 1)
+
+
+@pytest.mark.parametrize("payload, expected", [
+    (b"", 1),                                          # no count at all
+    (b"\x00\x00\x00\x02\x00\x00\x00\x00", 2),            # fewer records than keys
+    (b"\x00\x00\x00\x01\x00\x00\x00\x05abc", 1),          # truncated record
+    (b"\x00\x00\x00\x01\x00\x00\x00\x00\x00", 1),         # trailing byte
+    (b"\x00\x00\x00\x02\x00\x00\x00\x00", 1),            # count differs from the keys
+])
+def test_get_batch_answer_that_does_not_match_is_bad_request(payload: bytes,
+                                                              expected: int) -> None:
+    """An answer that does not hold exactly one well-formed entry per key is refused."""
+    with pytest.raises(PeerProtocolError) as caught:
+        parse_get_batch_answer(Frame("VAL", 1, {}, payload), expected)
+    assert caught.value.code == "bad_request"
+
+
 def test_hello_offers_features_and_both_ends_keep_the_common_ones() -> None:
-    """Two current nodes both learn that the other accepts PUT_BATCH."""
+    """Two current nodes both learn that the other accepts PUT_BATCH and GET_BATCH."""
     initiator = Handshake(Role.INITIATOR, config("a", secret=None))
     responder = Handshake(Role.RESPONDER, config("b", secret=None))
     exchanged = run(initiator, responder)
-    assert all(frame.fields["features"] == FEATURE_PUT_BATCH for _, frame in exchanged)
+    assert all(frame.fields["features"] == "get_batch,put_batch" for _, frame in exchanged)
     assert isinstance(initiator.outcome, Established)
     assert isinstance(responder.outcome, Established)
-    assert initiator.outcome.features == responder.outcome.features == {FEATURE_PUT_BATCH}
+    assert initiator.outcome.features == responder.outcome.features == {
+        FEATURE_PUT_BATCH, FEATURE_GET_BATCH}
 
 
 @pytest.mark.parametrize("old", ["initiator", "responder"])

@@ -30,6 +30,7 @@ from twistkv.core.replication import (
     replica_is_stale,
     required_replies,
     sole_writer_clock,
+    sole_writer_value,
     supersedes_sole_writer,
     version_clock,
 )
@@ -512,6 +513,38 @@ def test_sole_writer_checks_never_raise_on_damaged_bytes(
     assert supersedes_sole_writer(stored, incoming) in (True, False)
     clock = sole_writer_clock(incoming, single_writer_block("a"))
     assert clock is None or (isinstance(clock, tuple) and clock[1] >= 1)
+
+
+@given(any_records, st.integers(0, 20))
+def test_sole_writer_value_is_what_a_read_of_the_decoded_record_answers(
+    raw: bytes, now_ms: int
+) -> None:
+    """Whenever sole_writer_value reads a record on its bytes, the value it gives is what
+    live_value answers on the decoded record at any time (None when deleted or expired);
+    it reads every one-version plain or tombstone record of a sole writer."""
+    plain = sole_writer_value(raw)
+    record = decode_record(raw)
+    only = record.versions[0]
+    sole = (len(record.versions) == 1 and only.counter is None and len(only.clock) == 1
+            and only.clock[0][0] == only.node and only.clock[0][1] >= 1)
+    assert (plain is not None) == sole
+    if plain is not None:
+        value, expires, tombstone = plain
+        live = live_value(record, now_ms)
+        shown = None if tombstone or (expires and expires <= now_ms) else value
+        assert shown == (None if live is None else live.value)
+
+
+@given(st.one_of(st.binary(max_size=80), any_records), st.integers(0, 79), st.integers(0, 255))
+def test_sole_writer_value_never_raises_on_damaged_bytes(raw: bytes, at: int, byte: int) -> None:
+    """Damaged bytes give a value only if they still decode to one sole-writer version with
+    that value; otherwise None (the reader then decodes, and reports the damage)."""
+    if raw and at < len(raw):
+        raw = raw[:at] + bytes((byte,)) + raw[at + 1:]
+    plain = sole_writer_value(raw)
+    if plain is not None:
+        (version,) = decode_record(raw).versions
+        assert (version.value, version.expires_at_ms, version.tombstone) == plain
 
 
 def test_sole_writer_shortcut_covers_the_usual_replica_write() -> None:

@@ -8,6 +8,7 @@ the simulated network is exercised by test_cluster_sim.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -18,9 +19,13 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from twistkv.core.peerwire import (
+    MAX_BATCH_BYTES,
+    NOT_SENT,
     BatchEntry,
     Frame,
+    get_batch_frames,
     parse_batch_outcomes,
+    parse_get_batch_answer,
     put_batch_frames,
     quote,
 )
@@ -48,7 +53,7 @@ VNODES = 16
 class Net:
     """In-process peers: a request reaches the target coordinator's handle() 0.5 ms later and
     its answer comes back 0.5 ms after that, unless the target is scripted to be unreachable,
-    to hang, or to refuse."""
+    to hang (the request times out), to never answer (a lost request), or to refuse."""
 
     def __init__(self, clock: Clock, names: list[str], n: int = 3,
                  batching: bool = False,
@@ -72,7 +77,7 @@ class Net:
                 name,
                 replica=ReplicaStore(store, committer, now, tombstone_grace_ms=10**9),
                 hints=HintStore(store, committer, now),
-                pool=(_BatchingPool if batching else _Pool)(self, name),
+                pool=(_ReadingPool if batching else _Pool)(self, name),
                 ring_provider=lambda: self.ring,
                 alive_provider=lambda node: node not in self.believed_down,
                 address_provider=lambda node: f"{node}:7380" if node in self.nodes else None,
@@ -118,6 +123,8 @@ class _Pool:
         if fault == "unreachable":
             return fail(PeerUnavailable(address, "connection refused"))
         result: Deferred[Frame] = Deferred()
+        if fault == "silent":  # a lost request: only the caller's own deadline ends it
+            return result
         if fault == "hang":
             net.clock.callLater(timeout or 5.0, result.errback,
                                 Failure(PeerTimeout(address, frame.verb, timeout or 5.0)))
@@ -149,6 +156,40 @@ class _BatchingPool(_Pool):
             *args: object) -> None:
         self.request(address, Frame(verb, 0, {"key": quote(key)}, record), timeout).addCallbacks(
             callback, errback, callbackArgs=args, errbackArgs=args)
+
+
+class _ReadingPool(_BatchingPool):
+    """A pool with get_many() as well (as PeerClientPool has), so that get_run takes its run
+    path: the keys travel in real GET_BATCH frames to the peer's handle()."""
+
+    def get_many(self, address: str, items: list[tuple[object, ...]]) -> None:
+        start = 0
+        for frame, count in get_batch_frames(items):  # type: ignore[arg-type]
+            chunk = items[start:start + count]
+            start += count
+            timeout = min(float(item[1]) for item in chunk)  # type: ignore[arg-type]
+            self.request(address, frame, timeout).addCallbacks(
+                self._answered, self._failed, callbackArgs=(address, chunk),
+                errbackArgs=(chunk,))
+
+    def _answered(self, frame: Frame, address: str, chunk: list[tuple[object, ...]]) -> None:
+        if frame.verb != "VAL":
+            for item in chunk:
+                item[2](frame, *item[4:])  # type: ignore[operator]
+            return
+        for item, record in zip(chunk, parse_get_batch_answer(frame, len(chunk)), strict=True):
+            if record is NOT_SENT:
+                self.request(address, Frame("GET", 0, {"key": quote(item[0])}), 2.0  # type: ignore[arg-type]
+                             ).addCallback(lambda answer, item=item: item[2](  # type: ignore[misc, operator]
+                                 answer.payload or None if answer.verb == "VAL" else answer,
+                                 *item[4:]))
+                continue
+            item[2](record, *item[4:])  # type: ignore[operator]
+
+    @staticmethod
+    def _failed(failure: Failure, chunk: list[tuple[object, ...]]) -> None:
+        for item in chunk:
+            item[3](failure, *item[4:])  # type: ignore[operator]
 
 
 def outcome(deferred: Deferred[object]) -> list[object]:
@@ -726,6 +767,7 @@ def test_put_run_writes_every_key_and_fires_once(net3: Net) -> None:
 _RUN_FAULTS = {
     "none": ({}, set()),
     "one replica hangs": ({"n3": "hang"}, set()),
+    "one replica never answers": ({"n3": "silent"}, set()),
     "one replica unreachable": ({"n3": "unreachable"}, set()),
     "one replica refuses": ({"n3": "refuse"}, set()),
     "two replicas unreachable": ({"n2": "unreachable", "n3": "unreachable"}, set()),
@@ -820,3 +862,194 @@ def test_put_run_reports_each_write_once_every_write_settled(net3: Net) -> None:
     assert isinstance(errors, list) and len(errors) == 3
     assert errors[0] is None and errors[2] is None and isinstance(errors[1], KeyTooLong)
     assert net3.stored("n2", b"ok") == [b"1"] and net3.stored("n2", b"ok2") == [b"3"]
+
+
+# -- runs of reads -----------------------------------------------------------------------------
+
+
+def _seed_reads(net: Net) -> list[bytes]:
+    """Keys in every state a read can meet, written with every replica up; the keys to read
+    (one of them twice, one too long)."""
+    coordinator = net["n1"]
+    names = sorted(net.nodes)
+    for i in range(10):
+        outcome(coordinator.put(b"same-%d" % i, b"v%d" % i))
+    outcome(coordinator.put(b"gone", b"x"))
+    outcome(coordinator.put(b"short-lived", b"y", expires_at_ms=net.now_ms() + 500))
+    outcome(coordinator.put(b"stale", b"old"))
+    outcome(coordinator.put(b"siblings", b"from n1"))
+    outcome(coordinator.put(b"corrupt", b"z"))
+    net.run(0.05)
+    outcome(coordinator.delete(b"gone"))
+    net.run(0.05)
+    # One owner misses the newer write of "stale" (no hint delivery runs here).
+    owners = net.ring.preference_list(b"stale", 3)
+    net.faults[owners[-1]] = "unreachable"
+    outcome(coordinator.put(b"stale", b"new"))
+    net.run(0.05)
+    net.faults.clear()
+    # A concurrent write of "siblings" that reached one owner only.
+    rival = Version(b"from elsewhere", (("zz", 1),), net.now_ms(), "zz")
+    net[net.ring.preference_list(b"siblings", 3)[1]].replica.apply(b"siblings", [rival])
+    # One owner's copy of "corrupt" is damaged.
+    damaged = net.ring.preference_list(b"corrupt", 3)[-1]
+    net[damaged].replica._store.write([(b"d" + b"corrupt", b"\x01\x00\x01garbage")])
+    net.run(0.6)  # "short-lived" has expired
+    assert names
+    keys = [b"same-%d" % i for i in range(10)]
+    return keys + [b"absent", b"gone", b"short-lived", b"stale", b"siblings", b"corrupt",
+                   b"same-3", b"k" * (16 * 1024 + 1)]
+
+
+def _describe_read(result: object) -> object:
+    """The outcomes as comparable text, without what depends on the order the replies
+    arrive in. The run path sends each peer the keys of a run in one frame, so a peer's
+    answer may come before or after another's than it does for reads sent one by one; a read
+    at ALL then fails on the first failure having heard one reply more or fewer, and names
+    the owners still awaited ("no answer yet", or "not asked" when the general path had
+    not reached them yet). Every other part of the text must be the same."""
+    if isinstance(result, list):
+        return [r if r is None or isinstance(r, bytes) else _timeless(r) for r in result]
+    return result
+
+
+def _timeless(error: BaseException) -> str:
+    """An error's text with the reply count and the order of the replicas' reasons taken out
+    (see L{_describe_read})."""
+    text = f"{type(error).__name__}: {error}"
+    found = re.fullmatch(r"(.*) reached \d+ of (.*?) \((.*)\); (.*)", text)
+    if found is None:
+        return text
+    head, required, details, tail = found.groups()
+    reasons = sorted(re.sub(r"^n\d ", "", item) for item in details.split(", ")
+                     if not item.endswith(("no answer yet", "not asked")))
+    return f"{head} of {required}: {reasons}; {tail}"
+
+
+_READ_LEVELS = {"default": None, "one": ConsistencyLevel.ONE, "all": ConsistencyLevel.ALL}
+
+
+@pytest.mark.parametrize("level", sorted(_READ_LEVELS))
+@pytest.mark.parametrize("names", [["n1", "n2", "n3"], ["n1", "n2", "n3", "n4"]])
+@pytest.mark.parametrize("fault", sorted(_RUN_FAULTS))
+def test_get_run_run_path_answers_and_repairs_what_the_general_path_does(
+    names: list[str], fault: str, level: str, make_clock: Callable[[], Clock],
+) -> None:
+    """The run path (a pool with get_many(): GET_BATCH frames, replies compared as bytes, a
+    read promoted to the general path when replies differ or one fails) gives each read of a
+    run the value or the error text that reading it alone with get() gives, and leaves the
+    same copies behind after read repair, with the same counts, under hanging, unreachable,
+    refusing and believed-down replicas. The keys include absent, deleted, expired, stale,
+    sibling and damaged records, a key read twice and a too-long key."""
+    faults, down = _RUN_FAULTS[fault]
+    consistency = _READ_LEVELS[level]
+    seen = []
+    for batching in (False, True):
+        clock = make_clock()
+        net = Net(clock, names, batching=batching)
+        keys = _seed_reads(net)
+        net.faults.update(faults)
+        net.believed_down.update(down)
+        coordinator = net["n1"]
+        stats = coordinator.stats
+        before = (stats.reads, stats.reads_unavailable)
+        results = outcome(coordinator.get_run(keys, consistency).addCallback(list))
+        net.run(0.1)
+        if not faults:
+            assert not coordinator._timed, "every read settled: no deadline left armed"
+        net.run(2.9)
+        assert not coordinator._timed
+        assert len(results) == 1
+        net.faults.clear()
+        stored = {(name, key): net.stored(name, key) if key != b"corrupt" else None
+                  for name in names for key in keys[:-1]}
+        answers = _describe_read(results[0])
+        if consistency is ConsistencyLevel.ONE and isinstance(answers, list):
+            # At ONE the first owner to answer decides, and the two paths send in different
+            # orders: either copy of the stale key is a right answer (repair follows).
+            at = keys.index(b"stale")
+            assert answers[at] in (b"old", b"new") or str(answers[at]).startswith("Quorum")
+            answers[at] = "either"
+        seen.append((answers, stored, stats.reads - before[0],
+                     stats.reads_unavailable - before[1], stats.read_repairs,
+                     stats.read_repair_failures))
+    general, run_path = seen
+    assert run_path == general
+    values = general[0]
+    assert isinstance(values, list)
+    assert values[:10] == [b"v%d" % i for i in range(10)] or fault != "none"
+    assert values[-1].startswith("KeyTooLong")
+
+
+def test_get_run_answers_from_identical_replies_without_repairs(net3: Net, clock: Clock) -> None:
+    """With every owner holding the same records, a run of reads is answered from the
+    replies' bytes: one GET_BATCH per peer, no promotion, no read repair."""
+    net = Net(clock, ["n1", "n2", "n3"], batching=True)
+    keys = [b"key-%d" % i for i in range(20)]
+    for key in keys:
+        outcome(net["n1"].put(key, key + b"!"))
+    net.run(0.05)
+    net.sent.clear()
+    results = outcome(net["n1"].get_run(keys + [b"absent"]))
+    net.run(0.05)
+    assert results == [[key + b"!" for key in keys] + [None]]
+    assert sorted((target, frame.verb) for _, target, frame in net.sent) == [
+        ("n2", "GET_BATCH"), ("n3", "GET_BATCH")]
+    assert net["n1"].stats.read_repairs == 0 and not net["n1"]._timed
+
+
+def test_get_run_repairs_a_stale_owner_found_after_the_answer(clock: Clock) -> None:
+    """A read answered by R identical replies still repairs the owner whose later reply is
+    stale, as get() does: the run path hands the read to the general path then."""
+    net = Net(clock, ["n1", "n2", "n3"], batching=True)
+    key = net.key_owned_by(("n1", "n2", "n3"))
+    outcome(net["n1"].put(key, b"old"))
+    net.run(0.05)
+    net.faults["n3"] = "unreachable"
+    outcome(net["n1"].put(key, b"new"))
+    net.run(0.05)
+    net.faults.clear()
+    assert net.stored("n3", key) == [b"old"]
+    results = outcome(net["n1"].get_run([key]))
+    net.run(0.05)
+    assert results == [[b"new"]]
+    assert net.stored("n3", key) == [b"new"]
+    assert net["n1"].stats.read_repairs == 1
+
+
+def test_get_batch_answers_each_key_as_stored(net3: Net) -> None:
+    """GET_BATCH gives each key's stored record bytes in order (None when absent); a broken
+    batch is refused as a whole, and a stopping node refuses it."""
+    outcome(net3["n1"].put(b"a", b"1"))
+    net3.run(0.05)
+    replica = net3["n2"]
+    ((frame, _),) = get_batch_frames([b"a", b"missing", b"a"])
+    answer = replica.handle("n1", frame)
+    assert isinstance(answer, Frame) and answer.verb == "VAL"
+    stored = replica.replica.raw(b"a")
+    assert parse_get_batch_answer(answer, 3) == [stored, None, stored]
+    broken = replica.handle("n1", Frame("GET_BATCH", 1, {}, b"\x00\x00\x00\x02\x00"))
+    assert isinstance(broken, Frame) and broken.verb == "ERROR"
+    assert broken.fields["code"] == "bad_request"
+    replica.shutdown()
+    refused = replica.handle("n1", frame)
+    assert isinstance(refused, Frame) and refused.verb == "NACK"
+    assert refused.fields["reason"] == "shutting_down"
+
+
+def test_get_batch_leaves_out_records_past_the_answer_bound(net3: Net) -> None:
+    """Records that would take the answer past 1 MiB are left out (the coordinator asks for
+    them alone); the first always goes, and a run still reads every value."""
+    net = net3
+    big = b"x" * (MAX_BATCH_BYTES // 2)
+    keys = [b"big-%d" % i for i in range(3)]
+    for key in keys:
+        outcome(net["n1"].put(key, big))
+    net.run(0.05)
+    ((frame, _),) = get_batch_frames(keys)
+    answer = net["n2"].handle("n1", frame)
+    assert isinstance(answer, Frame)
+    records = parse_get_batch_answer(answer, 3)
+    assert records[0] is not None and records[0] is not NOT_SENT
+    assert NOT_SENT in records
+    assert len(answer.payload) <= MAX_BATCH_BYTES

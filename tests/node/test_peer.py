@@ -20,6 +20,8 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 
 from twistkv.core.peerwire import (
+    FEATURE_PUT_BATCH,
+    MAX_BATCH_BYTES,
     SUPPORTED_FEATURES,
     Frame,
     FrameDecoder,
@@ -27,7 +29,10 @@ from twistkv.core.peerwire import (
     Role,
     batch_outcomes_frame,
     error_frame,
+    get_batch_answer,
+    parse_get_batch,
     parse_put_batch,
+    unquote,
 )
 from twistkv.node.peer import (
     PeerBusy,
@@ -896,3 +901,212 @@ def test_a_callback_that_keeps_putting_cannot_hold_the_flush() -> None:
     assert failures == ["PeerBusy"] * 4
     one_turn()
     assert failures == ["PeerBusy"] * 8
+
+
+# -- GET_BATCH: get_many() (docs/peer-protocol.md §5.2.2) --------------------------------------
+
+
+class ReadReplica(BatchReplica):
+    """A replica handler that answers GET and GET_BATCH from C{records} and records what it
+    receives (C{hold} as for L{BatchReplica})."""
+
+    def __init__(self, records: dict[bytes, bytes], max_bytes: int = MAX_BATCH_BYTES) -> None:
+        super().__init__()
+        self.records = records
+        #: Bound of a GET_BATCH answer: a smaller one makes the replica leave records out.
+        self.max_bytes = max_bytes
+
+    def __call__(self, peer: str, frame: Frame) -> Frame | Deferred[Frame | None]:
+        if self.hold is not None or frame.verb not in ("GET", "GET_BATCH"):
+            return super().__call__(peer, frame)
+        self.frames.append(frame)
+        if frame.verb == "GET_BATCH":
+            return get_batch_answer([self.records.get(key) for key in parse_get_batch(frame)],
+                                    self.max_bytes)
+        return Frame("VAL", 0, payload=self.records.get(unquote(frame.fields["key"]), b""))
+
+    def asked(self) -> list[tuple[str, list[bytes]]]:
+        """Each request received: its verb and the keys it asked for."""
+        return [(f.verb, parse_get_batch(f) if f.verb == "GET_BATCH"
+                 else [unquote(f.fields["key"])]) for f in self.frames]
+
+
+#: Records the read tests' replicas hold.
+STORED = {b"a": b"record-a", b"c": b"record-c"}
+
+
+def test_get_many_keys_of_one_turn_travel_in_one_get_batch_answered_in_order() -> None:
+    """Keys read in one turn from a peer that offered get_batch leave as one GET_BATCH (one
+    write), and each callback gets its key's record, or None, with its extra arguments."""
+    replica = ReadReplica(STORED)
+    pair = Pair(replica)
+    pair.flush()
+    assert pair.client.batches_gets
+    seen: list[tuple[object, ...]] = []
+    answered = lambda answer, tag, n: seen.append((tag, n, answer))  # noqa: E731
+    before = len(pair.client_io.writes)
+    pair.client.get_many([(b"a", 5.0, answered, no_handler, "a", 1),
+                          (b"missing", 5.0, answered, no_handler, "missing", 2)])
+    pair.client.get_many([(b"c", 5.0, answered, no_handler, "c", 3)])
+    assert len(pair.client_io.writes) == before and seen == []  # sent at the turn's end
+    pair.clock.advance(0)
+    assert len(pair.client_io.writes) == before + 1
+    pair.flush()
+    assert replica.asked() == [("GET_BATCH", [b"a", b"missing", b"c"])]
+    assert seen == [("a", 1, b"record-a"), ("missing", 2, None), ("c", 3, b"record-c")]
+    assert pair.client.outstanding == 0
+
+
+def test_get_many_to_a_peer_without_get_batch_sends_one_get_per_key() -> None:
+    """A peer that did not offer get_batch (here: put_batch only) gets one GET per key, never
+    GET_BATCH, and the callbacks get the same records / None as from a batch."""
+    replica = ReadReplica(STORED)
+    pair = Pair(replica, server_features=frozenset({FEATURE_PUT_BATCH}))
+    pair.flush()
+    assert pair.client.batches_puts and not pair.client.batches_gets
+    seen: list[tuple[object, ...]] = []
+    answered = lambda answer, tag, n: seen.append((tag, n, answer))  # noqa: E731
+    pair.client.get_many([(b"a", 5.0, answered, no_handler, "a", 1),
+                          (b"missing", 5.0, answered, no_handler, "missing", 2),
+                          (b"c", 5.0, answered, no_handler, "c", 3)])
+    pair.flush()
+    assert replica.asked() == [("GET", [b"a"]), ("GET", [b"missing"]), ("GET", [b"c"])]
+    assert seen == [("a", 1, b"record-a"), ("missing", 2, None), ("c", 3, b"record-c")]
+    assert pair.client.outstanding == 0
+
+
+def test_get_many_asks_for_a_record_left_out_of_the_answer_with_a_single_get() -> None:
+    """A record the replica left out of its GET_BATCH answer (NOT_SENT) is asked for with one
+    GET, and its callback gets the record from that answer, once."""
+    records = {b"a": b"x" * 10, b"b": b"y" * 10}
+    replica = ReadReplica(records, max_bytes=20)  # a goes in; b would pass the bound
+    pair = Pair(replica)
+    pair.flush()
+    seen: list[tuple[str, object]] = []
+    answered = lambda answer, tag: seen.append((tag, answer))  # noqa: E731
+    pair.client.get_many([(key, 5.0, answered, no_handler, key.decode())
+                          for key in (b"a", b"b", b"none")])
+    pair.flush()
+    assert replica.asked() == [("GET_BATCH", [b"a", b"b", b"none"]), ("GET", [b"b"])]
+    assert seen == [("a", b"x" * 10), ("none", None), ("b", b"y" * 10)]
+    assert pair.client.outstanding == 0
+
+
+def test_get_batch_refusals_reach_every_key_of_the_batch() -> None:
+    """A NACK refusing the whole GET_BATCH is every key's answer; an ERROR answer, or a VAL
+    that does not hold one record per key, fails every key with PeerRefused."""
+    replica = ReadReplica(STORED)
+    pair = Pair(replica)
+    pair.flush()
+    seen: list[tuple[str, object]] = []
+    answered = lambda answer, tag: seen.append((tag, answer))  # noqa: E731
+
+    def failed(failure: Failure, tag: str) -> None:
+        error = failure.value
+        assert isinstance(error, PeerRefused)
+        seen.append((tag, (error.verb, error.code)))
+
+    nack = Frame("NACK", 0, {"reason": "shutting_down"})
+    replica.hold = nack
+    pair.client.get_many([(b"a", 5.0, answered, failed, "a"), (b"c", 5.0, answered, failed, "c")])
+    pair.flush()
+    nacks = [(tag, answer.verb, answer.fields["reason"]) for tag, answer in seen
+             if isinstance(answer, Frame)]
+    assert len(seen) == 2
+    assert nacks == [("a", "NACK", "shutting_down"), ("c", "NACK", "shutting_down")]
+
+    seen.clear()
+    replica.hold = error_frame(0, "bad_request", "no")
+    pair.client.get_many([(b"a", 5.0, answered, failed, "a"), (b"c", 5.0, answered, failed, "c")])
+    pair.flush()
+    assert seen == [("a", ("GET_BATCH", "bad_request")), ("c", ("GET_BATCH", "bad_request"))]
+
+    seen.clear()
+    replica.hold = get_batch_answer([b"record-a"])  # one record for two keys
+    pair.client.get_many([(b"a", 5.0, answered, failed, "a"), (b"c", 5.0, answered, failed, "c")])
+    pair.flush()
+    assert seen == [("a", ("GET_BATCH", "bad_request")), ("c", ("GET_BATCH", "bad_request"))]
+    assert [f.verb for f in replica.frames] == ["GET_BATCH"] * 3
+    assert pair.client.outstanding == 0 and pair.client.ready
+
+
+def test_get_batch_unanswered_times_out_every_key_at_the_shortest_timeout() -> None:
+    """A GET_BATCH left unanswered fails each of its keys with PeerTimeout once the shortest
+    of their timeouts has passed, not before."""
+    replica = ReadReplica(STORED)
+    replica.hold = Deferred()
+    pair = Pair(replica)
+    pair.flush()
+    seen: list[tuple[str, str]] = []
+    failed = lambda failure, tag: seen.append((tag, type(failure.value).__name__))  # noqa: E731
+    pair.client.get_many([(b"a", 5.0, no_handler, failed, "a"),
+                          (b"c", 1.0, no_handler, failed, "c")])
+    pair.flush()
+    pair.clock.advance(0.9)
+    assert seen == []
+    pair.clock.advance(0.1)
+    assert seen == [("a", "PeerTimeout"), ("c", "PeerTimeout")]
+    assert pair.client.outstanding == 0
+
+
+def test_get_many_keys_queued_or_in_flight_fail_unavailable_when_the_connection_goes() -> None:
+    """Losing the connection fails every key, whether its GET_BATCH is still awaiting the
+    turn's flush (never sent) or awaiting its answer, with PeerUnavailable."""
+    replica = ReadReplica(STORED)
+    replica.hold = Deferred()
+    pair = Pair(replica)
+    pair.flush()
+    seen: list[tuple[str, str]] = []
+    failed = lambda failure, tag: seen.append((tag, type(failure.value).__name__))  # noqa: E731
+    pair.client.get_many([(b"a", 5.0, no_handler, failed, "in flight")])
+    pair.flush()
+    assert [f.verb for f in replica.frames] == ["GET_BATCH"] and seen == []
+    pair.client.get_many([(b"c", 5.0, no_handler, failed, "queued 1"),
+                          (b"d", 5.0, no_handler, failed, "queued 2")])
+    pair.server_io.loseConnection()
+    pair.pump.flush(advanceClock=False)  # the client hears of the loss before its flush runs
+    assert "client" in pair.lost
+    assert sorted(seen) == [("in flight", "PeerUnavailable"), ("queued 1", "PeerUnavailable"),
+                            ("queued 2", "PeerUnavailable")]
+    pair.clock.advance(0)
+    assert [f.verb for f in replica.frames] == ["GET_BATCH"]  # the queued keys never left
+    assert len(seen) == 3 and pair.client.outstanding == 0
+
+    late: list[tuple[str, str]] = []
+    pair.client.get_many([(b"a", 5.0, no_handler,
+                           lambda failure, tag: late.append((tag, type(failure.value).__name__)),
+                           "late")])
+    assert late == [("late", "PeerUnavailable")]
+
+
+def test_pool_get_many_reports_every_key_before_and_after_the_connection_is_up() -> None:
+    """Through the pool, keys read before the connection is up are each queued as a plain
+    GET and answered; once it is up, the keys of a turn share one GET_BATCH; when the
+    connect fails, every key's errback hears PeerUnavailable."""
+    replica = ReadReplica(STORED)
+    net = FakeNet(replica)
+    seen: list[tuple[str, object]] = []
+    answered = lambda answer, tag: seen.append((tag, answer))  # noqa: E731
+    net.pool.get_many("b:7380", [(b"a", 1.0, answered, no_handler, "queued a"),
+                                 (b"missing", 1.0, answered, no_handler, "queued missing")])
+    net.flush()
+    assert replica.asked() == [("GET", [b"a"]), ("GET", [b"missing"])]
+    assert seen == [("queued a", b"record-a"), ("queued missing", None)]
+
+    seen.clear()
+    net.pool.get_many("b:7380", [(b"c", 1.0, answered, no_handler, "c"),
+                                 (b"missing", 1.0, answered, no_handler, "missing")])
+    net.clock.advance(0)
+    net.flush()
+    assert replica.asked()[2:] == [("GET_BATCH", [b"c", b"missing"])]
+    assert seen == [("c", b"record-c"), ("missing", None)]
+    assert net.dials == ["b:7380"]
+
+    refused = FakeNet(ReadReplica(STORED))
+    refused.behaviour = "refuse"
+    failures: list[tuple[str, str]] = []
+    failed = lambda failure, tag: failures.append((tag, type(failure.value).__name__))  # noqa: E731
+    refused.pool.get_many("b:7380", [(b"a", 1.0, no_handler, failed, "a"),
+                                     (b"c", 1.0, no_handler, failed, "c")])
+    refused.flush()
+    assert failures == [("a", "PeerUnavailable"), ("c", "PeerUnavailable")]

@@ -460,3 +460,79 @@ def test_a_run_whose_writes_end_differently_answers_each_command_its_own_outcome
     assert str(got[1]).startswith("UNAVAILABLE write reached 1 of 2 required replicas")
     assert context.stats.commands["SET"].calls == 3
     assert context.stats.commands["SET"].errors == 1
+
+
+class ReplicatedReads:
+    """A keyspace whose GETs are runs that settle later, some reads failing, like the
+    cluster's (where a lone GET is a run of one)."""
+
+    reads_in_runs = True
+    get_values = None  # reads do not answer synchronously here
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+        self.runs: list[tuple[list[bytes], Deferred[object]]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def get_run(self, keys: list[bytes]) -> Deferred[object]:
+        d: Deferred[object] = Deferred()
+        self.runs.append((list(keys), d))
+        return d
+
+
+def test_a_run_of_reads_that_end_differently_answers_each_command_its_own_outcome(
+    context: NodeContext,
+) -> None:
+    """In a cluster pipelined GETs are read as one run: each command gets its own reply (its
+    value, a null, or its UNAVAILABLE error), in order, behind the replies before it; a lone
+    GET is a run of one whose failure is its error reply. Hits, misses and errors are
+    counted per command."""
+    from twistkv.node.coordinator import QuorumUnavailable
+
+    replicated = ReplicatedReads(context.keyspace)
+    context.keyspace = replicated  # type: ignore[assignment]
+    protocol, transport = connect(context)
+    protocol.dataReceived(b"PING\r\n" + b"".join(
+        encode([b"GET", key], 2) for key in (b"a", b"b", b"c")))
+    (keys, settled), = replicated.runs
+    assert keys == [b"a", b"b", b"c"]
+    assert replies(transport) == [b"PONG"]
+    lost = QuorumUnavailable("read", 1, 2, ["n1", "n2"], {"n2": "timed out"})
+    settled.callback([b"1", lost, None])
+    got = replies(transport)
+    assert got[0] == b"1" and got[2] is None
+    assert isinstance(got[1], hiredis.ReplyError)
+    assert str(got[1]).startswith("UNAVAILABLE read reached 1 of 2 required replicas")
+    protocol.dataReceived(encode([b"GET", b"d"], 2) + encode([b"SET", b"e", b"v"], 2))
+    (keys, settled) = replicated.runs[1]
+    assert keys == [b"d"]
+    settled.callback([lost])
+    (alone,) = replies(transport)[:1]
+    assert isinstance(alone, hiredis.ReplyError) and "UNAVAILABLE read" in str(alone)
+    assert context.stats.commands["GET"].calls == 4
+    assert context.stats.commands["GET"].errors == 2
+    assert (context.stats.keyspace_hits, context.stats.keyspace_misses) == (1, 1)
+
+
+def test_mget_in_a_cluster_reads_its_keys_as_one_run(context: NodeContext) -> None:
+    """MGET's keys are read as one run: the reply lists each value (null when absent), and
+    a key whose read failed fails the command with that key's error, the first in key
+    order."""
+    from twistkv.node.coordinator import QuorumUnavailable
+
+    replicated = ReplicatedReads(context.keyspace)
+    context.keyspace = replicated  # type: ignore[assignment]
+    protocol, transport = connect(context)
+    protocol.dataReceived(encode([b"MGET", b"a", b"b", b"c"], 2))
+    (keys, settled), = replicated.runs
+    assert keys == [b"a", b"b", b"c"]
+    settled.callback([b"1", None, b"3"])
+    assert replies(transport) == [[b"1", None, b"3"]]
+    protocol.dataReceived(encode([b"MGET", b"a", b"b"], 2))
+    first = QuorumUnavailable("read", 0, 2, ["n2"], {"n2": "timed out"})
+    second = QuorumUnavailable("read", 1, 2, ["n3"], {"n3": "down"})
+    replicated.runs[1][1].callback([first, second])
+    (error,) = replies(transport)
+    assert isinstance(error, hiredis.ReplyError) and "reached 0 of 2" in str(error)

@@ -67,6 +67,12 @@ __all__ = [
     "parse_put_batch",
     "batch_outcomes_frame",
     "parse_batch_outcomes",
+    "FEATURE_GET_BATCH",
+    "NOT_SENT",
+    "get_batch_frames",
+    "parse_get_batch",
+    "get_batch_answer",
+    "parse_get_batch_answer",
 ]
 
 #: Bumped on any incompatible change; peers must speak the same version.
@@ -81,8 +87,10 @@ MAX_REQUEST_ID = 2**63 - 1
 CONNECTION_REQUEST_ID = 0
 #: HELLO feature: the sender accepts C{PUT_BATCH} (§5.2, §8).
 FEATURE_PUT_BATCH = "put_batch"
+#: HELLO feature: the sender accepts C{GET_BATCH} (§5.2.2, §8).
+FEATURE_GET_BATCH = "get_batch"
 #: Every feature this implementation offers in HELLO.
-SUPPORTED_FEATURES: frozenset[str] = frozenset({FEATURE_PUT_BATCH})
+SUPPORTED_FEATURES: frozenset[str] = frozenset({FEATURE_PUT_BATCH, FEATURE_GET_BATCH})
 #: Most records one C{PUT_BATCH} may carry; a receiver refuses more (C{bad_request}).
 MAX_BATCH_RECORDS = 1024
 #: Payload size a sender aims at per C{PUT_BATCH}: more records start another frame (a single
@@ -107,7 +115,7 @@ VERBS: Mapping[str, str] = MappingProxyType(
         "ACK": "a replica applied a PUT, DEL, HINT or RB_PUT",
         "NACK": "a replica could not serve a request",
         "VAL": "answer carrying a value: a GET's record, a STATS snapshot, an AE_* or RB_* "
-               "answer, a PUT_BATCH's per-record outcomes",
+               "answer, a PUT_BATCH's per-record outcomes, a GET_BATCH's records",
         "INCR": "ask a key's acting replica to add to its PN-counter entry and replicate the result",
         "HINT": "deliver a hinted record from a stand-in to its recovered owner",
         "STATS": "ask a node for its statistics snapshot",
@@ -124,6 +132,7 @@ VERBS: Mapping[str, str] = MappingProxyType(
         "RB_FETCH": "ask a node for a chunk of its records in token ranges (range streaming)",
         "RB_PUT": "deliver a chunk of streamed records to a range's new owner",
         "PUT_BATCH": "store several records on a replica in one frame, answered per record",
+        "GET_BATCH": "read several keys' records from a replica in one frame",
     }
 )
 
@@ -1199,3 +1208,164 @@ def parse_batch_outcomes(frame: Frame, expected: int) -> list[str | None]:
 
 
 _tuple_new = tuple.__new__
+
+
+# -- GET_BATCH (docs/peer-protocol.md §5.2.2) ---------------------------------------------------
+#
+#   GET_BATCH <id> len=<n>  + count(u32) (key_len(u32) key)*
+#   VAL <id> len=<n>        + count(u32) (record_len(u32) record)*
+#
+# record_len 0: the replica holds nothing for the key; 0xFFFFFFFF: the record was left out to
+# keep the answer near MAX_BATCH_BYTES (ask for it with GET). Sent only on connections whose
+# peer offered FEATURE_GET_BATCH.
+
+_LEFT_OUT = 0xFFFFFFFF
+
+
+class _NotSent:
+    """The type of L{NOT_SENT}."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_SENT"
+
+
+#: What L{parse_get_batch_answer} gives for a record the replica left out of its answer
+#: (the answer would have grown past L{MAX_BATCH_BYTES}): ask for that key with C{GET}.
+NOT_SENT: Any = _NotSent()
+
+
+def get_batch_frames(
+    entries: Sequence[bytes | tuple[Any, ...]],
+    max_records: int = MAX_BATCH_RECORDS,
+    max_bytes: int = MAX_BATCH_BYTES,
+) -> list[tuple[Frame, int]]:
+    """The C{GET_BATCH} frames asking for the keys of C{entries} in order, each with how many
+    it holds. An entry is a key or any tuple starting with one (a sender keeps what it needs
+    per key in the same tuple). A frame closes at C{max_records} keys or before its payload
+    would pass C{max_bytes}.
+
+    @raise InvalidFrameError: an empty key or one longer than L{MAX_BATCH_KEY} (our bug: the
+        coordinator checks keys first).
+    """
+    if not 1 <= max_records <= MAX_BATCH_RECORDS:
+        raise ValueError(f"max_records must be in 1..{MAX_BATCH_RECORDS}")
+    frames: list[tuple[Frame, int]] = []
+    parts: list[bytes] = []
+    count = size = 0
+    u32 = _U32.pack
+    for entry in entries:
+        key: bytes = entry if type(entry) is bytes else entry[0]  # type: ignore[assignment]
+        if not 0 < len(key) <= MAX_BATCH_KEY:
+            raise InvalidFrameError("bad_request", f"key of {len(key)} bytes in a GET_BATCH")
+        entry_size = 4 + len(key)
+        if count and (count >= max_records or size + entry_size > max_bytes):
+            frames.append((_get_batch_frame(count, parts), count))
+            parts = []
+            count = size = 0
+        parts += (u32(len(key)), key)
+        count += 1
+        size += entry_size
+    if count:
+        frames.append((_get_batch_frame(count, parts), count))
+    return frames
+
+
+def _get_batch_frame(count: int, parts: list[bytes]) -> Frame:
+    return Frame._trusted("GET_BATCH", 0, _NO_BATCH_FIELDS, _U32.pack(count) + b"".join(parts))
+
+
+def parse_get_batch(frame: Frame) -> list[bytes]:
+    """The keys of a received C{GET_BATCH}.
+
+    @raise PeerProtocolError: C{bad_request} for a missing payload, a count of 0 or above
+        L{MAX_BATCH_RECORDS}, an empty or too long key, truncation or trailing bytes.
+    """
+    data = frame.payload
+    if len(data) < 4:
+        raise PeerProtocolError("bad_request", "GET_BATCH carries no key count")
+    (count,) = _U32.unpack_from(data, 0)
+    if not 1 <= count <= MAX_BATCH_RECORDS:
+        raise PeerProtocolError(
+            "bad_request", f"GET_BATCH holds {count} keys, allowed 1..{MAX_BATCH_RECORDS}")
+    keys: list[bytes] = []
+    append = keys.append
+    u32 = _U32.unpack_from
+    offset = 4
+    size = len(data)
+    try:
+        for _ in range(count):
+            (key_len,) = u32(data, offset)
+            if not 0 < key_len <= MAX_BATCH_KEY:
+                raise PeerProtocolError("bad_request", f"GET_BATCH key length {key_len}")
+            start = offset + 4
+            offset = start + key_len
+            if offset > size:
+                raise PeerProtocolError("bad_request", "GET_BATCH key is truncated")
+            append(data[start:offset])
+    except struct.error:
+        raise PeerProtocolError("bad_request", "GET_BATCH entry is truncated") from None
+    if offset != size:
+        raise PeerProtocolError("bad_request", f"{size - offset} bytes after the last key")
+    return keys
+
+
+def get_batch_answer(records: Sequence[bytes | None], max_bytes: int = MAX_BATCH_BYTES) -> Frame:
+    """The C{VAL} answering a C{GET_BATCH}: per key, its record or None (nothing held).
+
+    Records go in order while the payload stays within C{max_bytes}; the first one always
+    goes (a single GET would carry it too). A record that would pass the bound is left out
+    (L{NOT_SENT} at the other end), so the answer stays bounded whatever the values' sizes.
+    """
+    u32 = _U32.pack
+    parts = [u32(len(records))]
+    size = 4
+    for record in records:
+        if not record:
+            parts.append(b"\x00\x00\x00\x00")
+            size += 4
+        elif size + 4 + len(record) > max_bytes and len(parts) > 1:
+            parts.append(u32(_LEFT_OUT))
+            size += 4
+        else:
+            parts += (u32(len(record)), record)
+            size += 4 + len(record)
+    return Frame._trusted("VAL", 0, _NO_BATCH_FIELDS, b"".join(parts))
+
+
+def parse_get_batch_answer(frame: Frame, expected: int) -> list[bytes | None]:
+    """Per key, the record (None: nothing held; L{NOT_SENT}: left out, ask with C{GET}) from
+    the C{VAL} answering a C{GET_BATCH} of C{expected} keys. Records are not decoded here.
+
+    @raise PeerProtocolError: C{bad_request} when the answer does not hold exactly
+        C{expected} well-formed entries.
+    """
+    data = frame.payload
+    if len(data) < 4 or _U32.unpack_from(data, 0)[0] != expected:
+        raise PeerProtocolError("bad_request", f"GET_BATCH answer does not hold {expected} "
+                                               "records")
+    records: list[bytes | None] = []
+    append = records.append
+    u32 = _U32.unpack_from
+    offset = 4
+    size = len(data)
+    try:
+        for _ in range(expected):
+            (length,) = u32(data, offset)
+            offset += 4
+            if not length:
+                append(None)
+            elif length == _LEFT_OUT:
+                append(NOT_SENT)
+            else:
+                end = offset + length
+                if end > size:
+                    raise PeerProtocolError("bad_request", "GET_BATCH answer is truncated")
+                append(data[offset:end])
+                offset = end
+    except struct.error:
+        raise PeerProtocolError("bad_request", "GET_BATCH answer is truncated") from None
+    if offset != size:
+        raise PeerProtocolError("bad_request", "trailing bytes after the GET_BATCH records")
+    return records

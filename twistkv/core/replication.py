@@ -61,6 +61,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from twistkv.core.counter import INT64_MAX, INT64_MIN, CounterOverflow, PNCounter, parse_int64
 from twistkv.core.quorum import ConsistencyLevel, Replica
@@ -71,6 +72,7 @@ __all__ = [
     "encode_sole_writer",
     "sole_writer_clock",
     "supersedes_sole_writer",
+    "sole_writer_value",
     "collectable",
     "context_clock",
     "increment_version",
@@ -428,6 +430,27 @@ def sole_writer_clock(raw: bytes, block: bytes) -> tuple[int, int] | None:
     return hlc, counter
 
 
+def _sole_fields(raw: bytes) -> tuple[bytes, tuple[Any, ...], int] | None:
+    """When C{raw} has the layout of one plain or tombstone version clocked by its writer
+    alone (any writer): the writer's str8, the fixed fields (L{_sole_layout}) and where the
+    value starts; None otherwise. The writer's name is not checked for UTF-8 here."""
+    if len(raw) <= _BLOCK_AT:
+        return None
+    name_length = raw[_BLOCK_AT]
+    layout = _sole_layout(name_length)
+    if len(raw) < layout.size:
+        return None
+    fields = layout.unpack_from(raw)
+    version, count, flags, _, _, block, counter, size = fields
+    if (version != 1 or count != 1 or flags > 1 or counter < 1
+            or layout.size + size != len(raw)):
+        return None
+    name = block[:name_length + 1]  # the str8, length byte included
+    if block[name_length + 1:] != b"\x00\x01" + name:
+        return None
+    return name, fields, layout.size
+
+
 def supersedes_sole_writer(stored: bytes | None, incoming: bytes) -> bool:
     """Whether C{merge_versions} of the record C{incoming} into C{stored} is exactly
     C{incoming}, and its bytes are what C{encode_record} would store, decided on the bytes.
@@ -437,30 +460,41 @@ def supersedes_sole_writer(stored: bytes | None, incoming: bytes) -> bool:
     of that same sole writer with a smaller counter. False means "decode and merge": it never
     says the record is bad.
     """
-    if len(incoming) <= _BLOCK_AT:
+    sole = _sole_fields(incoming)
+    if sole is None:
         return False
-    name_length = incoming[_BLOCK_AT]
-    layout = _sole_layout(name_length)
-    if len(incoming) < layout.size:
-        return False
-    version, count, flags, _, _, block, counter, size = layout.unpack_from(incoming)
-    if (version != 1 or count != 1 or flags > 1 or counter < 1
-            or layout.size + size != len(incoming)):
-        return False
-    name = block[:name_length + 1]  # the str8, length byte included
-    if block[name_length + 1:] != b"\x00\x01" + name:
-        return False
+    name, (_, _, _, _, _, block, counter, _), size_before_value = sole
     if stored is None:
         try:
             name[1:].decode("utf-8")
         except UnicodeDecodeError:
             return False
         return True
-    if len(stored) < layout.size:
+    if len(stored) < size_before_value:
         return False
-    version, count, flags, _, _, writer, ours, size = layout.unpack_from(stored)
+    version, count, flags, _, _, writer, ours, size = _sole_layout(len(name) - 1).unpack_from(
+        stored)
     return (version == 1 and count == 1 and flags <= 1 and writer == block and ours >= 1
-            and layout.size + size == len(stored) and counter > ours)
+            and size_before_value + size == len(stored) and counter > ours)
+
+
+def sole_writer_value(raw: bytes) -> tuple[bytes, int, bool] | None:
+    """C{(value, expires_at_ms, tombstone)} of C{raw} when it is a well-formed record of one
+    plain or tombstone version clocked by its writer alone (any writer: the usual record of
+    a cluster, every blind SET's); None means "decode it" (counters, siblings, damage).
+
+    What a read needs from such a record, without building a L{Version}: the same answer
+    L{twistkv.core.record.live_value} gives on its decoded form.
+    """
+    sole = _sole_fields(raw)
+    if sole is None:
+        return None
+    name, (_, _, flags, _, expires, _, _, _), start = sole
+    try:
+        name[1:].decode("utf-8")  # decode_record would refuse the record otherwise
+    except UnicodeDecodeError:
+        return None
+    return raw[start:], expires, flags == 1
 
 
 def encode_sole_writer(

@@ -667,6 +667,9 @@ class ClusterKeyspace:
        tombstone grace period, so C{expire_due} has nothing to do.
     """
 
+    #: A lone GET is a run of one (L{get_run}): it shares the peers' GET_BATCH frames.
+    reads_in_runs = True
+
     def __init__(self, coordinator: Coordinator, counters: CounterService | None = None
                  ) -> None:
         self._coordinator = coordinator
@@ -696,6 +699,13 @@ class ClusterKeyspace:
         return self._coordinator.get(key, consistency).addCallback(
             lambda result: result.live(now())
         )
+
+    def get_run(self, keys: Sequence[bytes], consistency: ConsistencyLevel | None = None
+                ) -> Deferred[list[bytes | None | BaseException]]:
+        """The live values of a run of pipelined GETs, in order, each read like L{get}; one
+        Deferred for the run (L{Coordinator.get_run}): per key its value, None (absent,
+        deleted or expired) or the error its own read would have failed with."""
+        return self._coordinator.get_run(keys, consistency)
 
     def exists(self, key: bytes, consistency: ConsistencyLevel | None = None
                ) -> Deferred[bool]:
@@ -868,8 +878,8 @@ class ConsistencyView:
     (key counts, expiry housekeeping, the clock) is the keyspace's own.
     """
 
-    _BOUND = frozenset({"record", "get", "exists", "set", "set_run", "set_many", "delete",
-                        "set_expiry", "incr_by"})
+    _BOUND = frozenset({"record", "get", "get_run", "exists", "set", "set_run", "set_many",
+                        "delete", "set_expiry", "incr_by"})
 
     def __init__(self, keyspace: ClusterKeyspace, consistency: ConsistencyLevel) -> None:
         self._keyspace = keyspace

@@ -407,7 +407,11 @@ def refused_in_multi(command: Command) -> Error:
 
 
 def cmd_get(session: ClientSession, args: list[bytes]) -> Any:
-    found = session.keyspace.get(args[1])
+    keyspace = session.keyspace
+    if getattr(keyspace, "reads_in_runs", False):
+        # A cluster: the read joins this turn's GET_BATCH to each replica (a run of one).
+        return keyspace.get_run((args[1],)).addCallback(_sole_read, session.context.stats)
+    found = keyspace.get(args[1])
     # A local read answers at once: no closure, no Deferred (the hot path).
     if found is None:
         session.context.stats.keyspace_misses += 1
@@ -427,17 +431,56 @@ def cmd_get(session: ClientSession, args: list[bytes]) -> Any:
     return _then(found, answer)
 
 
-def run_get(session: ClientSession, runs: list[list[bytes]]) -> bytes | None:
-    """Consecutive GETs in one keyspace pass (when the keyspace reads synchronously)."""
-    get_values = getattr(session.keyspace, "get_values", None)
+def _sole_read(results: list[bytes | None | BaseException], stats: Any) -> bytes | None:
+    """The reply of a GET read as a run of one: its value, None, or its error raised."""
+    result = results[0]
+    if isinstance(result, BaseException):
+        raise result
+    if result is None:
+        stats.keyspace_misses += 1
+    else:
+        stats.keyspace_hits += 1
+    return result
+
+
+def _every_value(results: list[bytes | None | BaseException]) -> list[bytes | None]:
+    """MGET's reply from a run of reads: every value, or the first key's error raised."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+def run_get(session: ClientSession, runs: list[list[bytes]]) -> Any:
+    """Consecutive GETs in one keyspace pass: the replies' wire bytes when the keyspace
+    reads synchronously (one node), else one Deferred for the run (a cluster's get_run)."""
+    keyspace = session.keyspace
+    get_values = getattr(keyspace, "get_values", None)
     if get_values is None:
-        return None
+        get_run = getattr(keyspace, "get_run", None)
+        if get_run is None:
+            return None
+        return get_run([args[1] for args in runs]).addCallback(_get_run_replies, session)
     values = get_values([args[1] for args in runs])
     stats = session.context.stats
     misses = values.count(None)
     stats.keyspace_misses += misses
     stats.keyspace_hits += len(values) - misses
     return encode_bulk_replies(values, session.protocol)
+
+
+def _get_run_replies(results: list[bytes | None | BaseException], session: ClientSession
+                     ) -> Any:
+    """A run of GETs once every read settled: the wire replies, or (when some failed) one
+    outcome per command, its value or its error, for the protocol to encode."""
+    stats = session.context.stats
+    misses = results.count(None)
+    failed = sum(1 for result in results if isinstance(result, BaseException))
+    stats.keyspace_misses += misses
+    stats.keyspace_hits += len(results) - misses - failed
+    if failed:
+        return results
+    return encode_bulk_replies(results, session.protocol)  # type: ignore[arg-type]
 
 
 def run_set(session: ClientSession, runs: list[list[bytes]]) -> Any:
@@ -587,6 +630,9 @@ def cmd_type(session: ClientSession, args: list[bytes]) -> Any:
 
 def cmd_mget(session: ClientSession, args: list[bytes]) -> Any:
     keyspace = session.keyspace
+    if getattr(keyspace, "reads_in_runs", False):
+        # A cluster: the keys are read as one run (one GET_BATCH per replica).
+        return keyspace.get_run(args[1:]).addCallback(_every_value)
     found = _gather([keyspace.get(key) for key in args[1:]])
     return _then(found, lambda versions: [None if v is None else v.value for v in versions])
 

@@ -55,6 +55,8 @@ from twistkv.core.peerwire import (
     PeerProtocolError,
     batch_outcomes_frame,
     error_frame,
+    get_batch_answer,
+    parse_get_batch,
     parse_put_batch,
     quote,
     unquote,
@@ -87,6 +89,7 @@ from twistkv.core.replication import (
     replica_is_stale,
     required_replies,
     sole_writer_clock,
+    sole_writer_value,
     supersedes_sole_writer,
 )
 from twistkv.core.ring import Ring
@@ -114,7 +117,7 @@ _log = Logger()
 MAX_KEY_BYTES = 16 * 1024
 
 #: The peer verbs L{Coordinator.handle} serves; route them to it on the node's VerbRouter.
-REPLICA_VERBS = ("PUT", "GET", "DEL", "HINT", "PUT_BATCH")
+REPLICA_VERBS = ("PUT", "GET", "DEL", "HINT", "PUT_BATCH", "GET_BATCH")
 
 
 class PeerRequester(Protocol):
@@ -401,6 +404,75 @@ class _FastRun:
         self.timed = False
 
 
+class _ReadRun:
+    """The reads of L{Coordinator.get_run}: one Deferred for all of them."""
+
+    __slots__ = ("pending", "results", "deferred")
+
+    def __init__(self, count: int) -> None:
+        self.pending = count
+        #: Per read, in order: the live value (None: absent, deleted or expired) or the error.
+        self.results: list[bytes | None | BaseException] = [None] * count
+        self.deferred: Deferred[list[bytes | None | BaseException]] = Deferred()
+
+    def settled(self, index: int, result: bytes | None | BaseException) -> None:
+        self.results[index] = result
+        self.pending -= 1
+        if self.pending == 0:
+            self.deferred.callback(self.results)
+
+
+class _ReadPlan:
+    """How the reads of a run to one preference list go while every owner is alive."""
+
+    __slots__ = ("preference", "required", "local", "remote", "timeout")
+
+    def __init__(self, preference: tuple[str, ...], required: int, local: bool,
+                 remote: tuple[tuple[str, str], ...], timeout: float) -> None:
+        self.preference = preference
+        self.required = required
+        #: Whether this node is an owner (its copy is read first, as L{Coordinator.get} does).
+        self.local = local
+        #: (node, peer address) of the other owners.
+        self.remote = remote
+        self.timeout = timeout
+
+
+class _FastRead:
+    """The reads of one L{Coordinator.get_run} that went the short way (L{_ReadPlan}).
+
+    Every owner is asked, as L{Coordinator.get} asks them; the replies are compared as
+    bytes. While they are identical nothing is decoded but the one record answered, and
+    nothing is stale, so there is nothing to repair. A read whose replies differ, or that
+    hears a refusal or an error, is I{promoted}: it becomes the L{_Read} the general path
+    would hold, with the replies it had, and that path reconciles, answers and repairs. So
+    does the deadline for every read still waiting for a reply then.
+    """
+
+    __slots__ = ("id", "run", "deadline", "keys", "plans", "first", "repliers", "need",
+                 "left", "promoted", "open", "timed")
+
+    def __init__(self, id: int, run: _ReadRun, deadline: float, size: int) -> None:
+        self.id = id
+        self.run = run
+        self.deadline = deadline
+        #: Per read of the run (by its run index; None for reads that went another way).
+        self.keys: list[bytes | None] = [None] * size
+        self.plans: list[_ReadPlan | None] = [None] * size
+        #: The first reply's record bytes (None: nothing held; _UNSEEN: no reply yet), and
+        #: the owners that replied exactly that, in order.
+        self.first: list[bytes | None | object] = [_UNSEEN] * size
+        self.repliers: list[list[str] | None] = [None] * size
+        #: Replies still needed for the answer (0 or less: answered), and still to come.
+        self.need: list[int] = [0] * size
+        self.left: list[int] = [0] * size
+        #: Run index -> the read it became.
+        self.promoted: dict[int, _Read] = {}
+        #: Reads still waiting for a reply and not promoted: the deadline entry lives while any.
+        self.open = 0
+        self.timed = False
+
+
 @dataclass(eq=False)
 class _Read:
     key: bytes
@@ -522,7 +594,7 @@ class Coordinator:
         self._stopped = False
         #: Requests in flight by id, and a min-heap of (deadline, id) with lazy deletion:
         #: one DelayedCall for all of them instead of one per request (L{_track}).
-        self._timed: dict[int, _Write | _Read | _FastRun] = {}
+        self._timed: dict[int, _Write | _Read | _FastRun | _FastRead] = {}
         self._deadlines: list[tuple[float, int]] = []
         self._sweep_call: IDelayedCall | None = None
         self._sweep_at = 0.0
@@ -538,10 +610,18 @@ class Coordinator:
         self._put_via_pool: Callable[..., None] | None = getattr(pool, "put", None)
         self._put_many: Callable[[str, Sequence[tuple[object, ...]]], None] = (
             getattr(pool, "put_many", None) or self._put_each)
+        #: The pool's get_many, which runs of reads need (L{_read_run}).
+        self._get_many: Callable[[str, Sequence[tuple[object, ...]]], None] | None = getattr(
+            pool, "get_many", None)
+        self._on_read_run_answer = self._read_run_answer
+        self._on_read_run_error = self._read_run_error
         #: The run plans of the ring C{_plans_ring} (L{_run_plan}) by consistency, then by
         #: successor list; made afresh at most _RUN_PLAN_TTL seconds after C{_plans_since}.
         self._run_plans: dict[ConsistencyLevel | None,
                               dict[tuple[str, ...], _RunPlan | None]] = {}
+        #: The same for runs of reads (L{_read_plan}), emptied with them.
+        self._read_plans: dict[ConsistencyLevel | None,
+                               dict[tuple[str, ...], _ReadPlan | None]] = {}
         self._plans_ring: Ring | None = None
         self._plans_since = 0.0
         #: How this node's own one-version records start (L{_mint}'s byte-level path).
@@ -603,7 +683,7 @@ class Coordinator:
 
     # -- deadlines -------------------------------------------------------------------------
 
-    def _track(self, request: _Write | _Read | _FastRun, deadline: float) -> None:
+    def _track(self, request: _Write | _Read | _FastRun | _FastRead, deadline: float) -> None:
         """Expire C{request} at C{deadline} unless L{_untrack}ed before.
 
         A DelayedCall per request costs the reactor a heap push and a cancellation on
@@ -627,7 +707,7 @@ class Coordinator:
                 delay = max(remaining, 0.0)
             self._sweep_call = self._reactor.callLater(delay, self._sweep)
 
-    def _untrack(self, request: _Write | _Read | _FastRun) -> None:
+    def _untrack(self, request: _Write | _Read | _FastRun | _FastRead) -> None:
         """The request needs its deadline no more (it settled)."""
         request.timed = False
         timed = self._timed
@@ -649,7 +729,7 @@ class Coordinator:
         # The call was set for _sweep_at; float rounding must not make it miss that deadline.
         now = max(self._reactor.seconds(), self._sweep_at)
         heap, timed = self._deadlines, self._timed
-        due: list[_Write | _Read | _FastRun] = []
+        due: list[_Write | _Read | _FastRun | _FastRead] = []
         while heap and heap[0][0] <= now:
             request = timed.pop(heapq.heappop(heap)[1], None)
             if request is not None:
@@ -665,6 +745,8 @@ class Coordinator:
                 self._write_deadline(request)
             elif isinstance(request, _FastRun):
                 self._run_deadline(request)
+            elif isinstance(request, _FastRead):
+                self._read_run_deadline(request)
             else:
                 self._read_deadline(request)
 
@@ -798,6 +880,13 @@ class Coordinator:
         return _RunPlan(preference, fallbacks, coordinated, slots, required, slots.get(me),
                         tuple(remote), timeout)
 
+    def _check_plans(self, ring: Ring, now: float) -> None:
+        """Forget the run plans when the ring changed or they are older than _RUN_PLAN_TTL."""
+        if ring is not self._plans_ring or now - self._plans_since > _RUN_PLAN_TTL:
+            self._plans_ring, self._plans_since = ring, now
+            self._run_plans.clear()
+            self._read_plans.clear()
+
     def _write_run(
         self, pairs: Sequence[tuple[bytes, bytes]], consistency: ConsistencyLevel | None,
         run: _Run,
@@ -813,9 +902,7 @@ class Coordinator:
         ring = self._ring()
         everyone = len(ring.nodes)
         now = self._reactor.seconds()
-        if ring is not self._plans_ring or now - self._plans_since > _RUN_PLAN_TTL:
-            self._plans_ring, self._plans_since = ring, now
-            self._run_plans.clear()
+        self._check_plans(ring, now)
         plans = self._run_plans.get(consistency)
         if plans is None:
             plans = self._run_plans[consistency] = {}
@@ -1443,6 +1530,259 @@ class Coordinator:
         _log.debug("Read repair of {node} failed: {error}", node=node,
                    error=failure.getErrorMessage())
 
+    # -- runs of reads: the short way ------------------------------------------------------
+
+    def get_run(
+        self, keys: Sequence[bytes], consistency: ConsistencyLevel | None = None
+    ) -> Deferred[list[bytes | None | BaseException]]:
+        """Plain reads of several keys (a client's pipelined GETs), each coordinated exactly
+        as L{get} would; one Deferred for all of them.
+
+        Once every read has settled it fires with one entry per key, in order: the live
+        value (what C{ReadResult.live} gives), None when the key is absent, deleted or
+        expired, or the error L{get} would have failed with.
+        """
+        run = _ReadRun(len(keys))
+        if not keys:
+            run.deferred.callback([])
+        elif self._stopped or self._get_many is None or not self._ready():
+            for index, key in enumerate(keys):
+                self._read_one(run, index, key, consistency)
+        else:
+            self._read_run(keys, consistency, run)
+        return run.deferred
+
+    def _read_one(self, run: _ReadRun, index: int, key: bytes,
+                  consistency: ConsistencyLevel | None) -> None:
+        """Read C{index} of C{run} through L{get}."""
+        self.get(key, consistency).addCallbacks(
+            self._read_one_done, self._read_one_failed,
+            callbackArgs=(run, index), errbackArgs=(run, index))
+
+    def _read_one_done(self, result: ReadResult, run: _ReadRun, index: int) -> None:
+        version = result.live(self.now_ms())
+        run.settled(index, None if version is None else version.value)
+
+    @staticmethod
+    def _read_one_failed(failure: Failure, run: _ReadRun, index: int) -> None:
+        run.settled(index, failure.value)
+
+    def _read_plan(
+        self, preference: tuple[str, ...], consistency: ConsistencyLevel | None
+    ) -> _ReadPlan | None:
+        """The plan of a run's reads of keys owned by C{preference}, or None when they must
+        go the general way (an owner down or of unknown address, no owner at all)."""
+        if not preference or not all(map(self._is_alive, preference)):
+            return None
+        me = self.node_id
+        remote = []
+        for node in preference:
+            if node != me:
+                address = self._address(node)
+                if address is None:
+                    return None
+                remote.append((node, address))
+        if consistency is None:
+            required = min(self.default_r, len(preference))
+        else:
+            required = required_replies(consistency, len(preference), self.default_r)
+        return _ReadPlan(preference, required, me in preference, tuple(remote),
+                         self.request_timeout)
+
+    def _read_run(
+        self, keys: Sequence[bytes], consistency: ConsistencyLevel | None, run: _ReadRun
+    ) -> None:
+        """L{get_run}'s reads, each coordinated as L{get} would, for less per read.
+
+        While every owner of a key is alive, this node's copy is read first and the other
+        owners are asked through the pool's C{get_many} (one C{GET_BATCH} per peer and
+        turn); the replies are counted in L{_FastRead}. Keys with an owner down, and
+        too-long keys, take L{get}.
+        """
+        ring = self._ring()
+        now = self._reactor.seconds()
+        self._check_plans(ring, now)
+        plans = self._read_plans.get(consistency)
+        if plans is None:
+            plans = self._read_plans[consistency] = {}
+        deadline = now + self.request_timeout
+        fast = _FastRead(next(self._ids), run, deadline, len(keys))
+        answer, error = self._on_read_run_answer, self._on_read_run_error
+        outgoing: dict[str, list[tuple[object, ...]]] = {}
+        me = self.node_id
+        n = self.n
+        raw = self.replica.raw
+        count = 0
+        for index, key in enumerate(keys):
+            if len(key) > MAX_KEY_BYTES:
+                run.settled(index, KeyTooLong(len(key)))
+                continue
+            preference = ring.preference_list_for_token(ring.token(key), n)
+            plan = plans.get(preference, _UNSEEN)
+            if plan is _UNSEEN:
+                plan = plans[preference] = self._read_plan(preference, consistency)
+            if plan is None:
+                self._read_one(run, index, key, consistency)
+                continue
+            assert isinstance(plan, _ReadPlan)
+            count += 1
+            fast.keys[index] = key
+            fast.plans[index] = plan
+            fast.need[index] = plan.required
+            fast.left[index] = len(plan.preference)
+            fast.open += 1
+            if plan.local:
+                try:
+                    record = raw(key)
+                except StorageError as failure:
+                    self._read_run_error(failure, fast, index, me)
+                else:
+                    self._read_run_answer(record, fast, index, me)
+            for node, address in plan.remote:
+                items = outgoing.get(address)
+                if items is None:
+                    items = outgoing[address] = []
+                items.append((key, plan.timeout, answer, error, fast, index, node))
+        get_many = self._get_many
+        assert get_many is not None
+        for address, items in outgoing.items():
+            get_many(address, items)
+        self.stats.reads += count
+        if fast.open:
+            self._track(fast, deadline)
+
+    def _read_run_answer(self, answer: bytes | None | Frame, fast: _FastRead, index: int,
+                         node: str) -> None:
+        """Owner C{node}'s answer to read C{index} of C{fast}: its record's bytes, None when
+        it holds nothing, or the frame refusing the read."""
+        promoted = fast.promoted
+        if promoted and index in promoted:
+            self._feed_promoted(promoted[index], node, answer)
+            return
+        if isinstance(answer, Frame):
+            self._feed_promoted(self._promote_read(fast, index), node, answer)
+            return
+        first = fast.first[index]
+        if first is _UNSEEN:
+            fast.first[index] = answer
+        elif answer != first:
+            self._feed_promoted(self._promote_read(fast, index), node, answer)
+            return
+        need = fast.need[index] - 1
+        if need == 0:
+            try:
+                value = self._live_value(answer)
+            except CorruptRecordError:
+                # The general path says which replica sent what.
+                self._feed_promoted(self._promote_read(fast, index), node, answer)
+                return
+            fast.run.settled(index, value)
+        fast.need[index] = need
+        repliers = fast.repliers[index]
+        if repliers is None:
+            fast.repliers[index] = [node]
+        else:
+            repliers.append(node)
+        left = fast.left[index] - 1
+        fast.left[index] = left
+        if not left:
+            fast.open -= 1
+            if not fast.open and fast.timed:
+                self._untrack(fast)
+
+    def _read_run_error(self, failure: Failure | BaseException, fast: _FastRead, index: int,
+                        node: str) -> None:
+        read = fast.promoted.get(index)
+        if read is None:
+            read = self._promote_read(fast, index)
+        if node == self.node_id:
+            error = failure.value if isinstance(failure, Failure) else failure
+            _log.error("Local read of {key!r} failed: {error}", key=read.key, error=str(error))
+            read.coordination.on_failure(node, "storage error")
+        else:
+            read.coordination.on_failure(node, _describe(failure))
+        self._settle_read(read)
+
+    def _live_value(self, record: bytes | None) -> bytes | None:
+        """What a plain GET answers for a key whose replicas all hold C{record}."""
+        if record is None:
+            return None
+        plain = sole_writer_value(record)
+        if plain is not None:
+            value, expires_at_ms, tombstone = plain
+            if tombstone or (expires_at_ms and expires_at_ms <= self.now_ms()):
+                return None
+            return value
+        versions = reconcile_versions(decode_record(record).versions)
+        version = live_value(Record(tuple(versions)), self.now_ms())
+        return None if version is None else version.value
+
+    def _promote_read(self, fast: _FastRead, index: int) -> _Read:
+        """Read C{index} of C{fast} as the L{_Read} the general path would hold by now, fed
+        the replies it had."""
+        plan, key = fast.plans[index], fast.keys[index]
+        assert plan is not None and key is not None
+        read_id = next(self._ids)
+        answered = fast.need[index] <= 0
+        read = _Read(
+            key,
+            ReadCoordination(read_id, plan.preference, plan.required, fast.deadline,
+                             reconcile_versions, replica_is_stale),
+            succeed(None) if answered else Deferred(),  # type: ignore[arg-type]
+            False,
+            read_id,
+            fast.deadline,
+        )
+        read.tried.update(plan.preference)
+        if not answered:
+            read.result.addCallbacks(self._read_one_done, self._read_one_failed,
+                                     callbackArgs=(fast.run, index),
+                                     errbackArgs=(fast.run, index))
+        fast.promoted[index] = read
+        first = fast.first[index]
+        for node in fast.repliers[index] or ():
+            self._feed(read, node, first)  # type: ignore[arg-type]
+        if fast.left[index] > 0:
+            fast.open -= 1
+            if not fast.open and fast.timed:
+                self._untrack(fast)
+        if self._reactor.seconds() < fast.deadline:
+            self._track(read, fast.deadline)
+        return read
+
+    def _feed(self, read: _Read, node: str, answer: bytes | None | Frame) -> None:
+        """Count owner C{node}'s answer in C{read} as L{_send_read} and L{_read_answer}
+        would have counted it."""
+        coordination = read.coordination
+        if isinstance(answer, Frame):
+            reason = answer.fields.get("reason", answer.verb.lower())
+            coordination.on_failure(node, f"refused ({reason})")
+            return
+        try:
+            versions = decode_record(answer).versions if answer is not None else ()
+        except CorruptRecordError as error:
+            if node == self.node_id:
+                _log.error("Local read of {key!r} failed: {error}", key=read.key,
+                           error=str(error))
+                coordination.on_failure(node, "storage error")
+            else:
+                _log.warn("Replica {node} sent a corrupt record: {error}", node=node,
+                          error=str(error))
+                coordination.on_failure(node, "sent a corrupt record")
+            return
+        coordination.on_reply(node, versions)
+
+    def _feed_promoted(self, read: _Read, node: str, answer: bytes | None | Frame) -> None:
+        self._feed(read, node, answer)
+        self._settle_read(read)
+
+    def _read_run_deadline(self, fast: _FastRead) -> None:
+        """The run's deadline passed: each read still waiting for a reply is promoted and
+        expires as L{_read_deadline} expires a read."""
+        for index, left in enumerate(fast.left):
+            if left > 0 and fast.plans[index] is not None and index not in fast.promoted:
+                self._read_deadline(self._promote_read(fast, index))
+
     # -- the replica side: requests from peers ---------------------------------------------
 
     def handle(self, peer_node_id: str, frame: Frame) -> Frame | Deferred[Frame | None] | None:
@@ -1454,6 +1794,8 @@ class Coordinator:
         served[verb] = served.get(verb, 0) + 1
         if verb == "PUT_BATCH":
             return self._handle_batch(frame)
+        if verb == "GET_BATCH":
+            return self._handle_get_batch(frame)
         try:
             key = unquote(frame.fields["key"])
             hint_for = (unquote_text(frame.fields["hint_for"])
@@ -1463,13 +1805,15 @@ class Coordinator:
         except PeerProtocolError as error:
             return error_frame(0, "bad_request", error.message)
         if verb == "GET":
+            # The record as stored, undecoded (as GET_BATCH sends it): the coordinator
+            # decodes it, and names this replica if it is damaged.
             try:
-                record = self.replica.read(key)
-            except (StorageError, CorruptRecordError) as error:
+                raw = self.replica.raw(key)
+            except StorageError as error:
                 return _nack("storage_error", str(error))
-            if record is None:
+            if raw is None:
                 return Frame("VAL", 0)
-            return Frame("VAL", 0, {}, encode_record(record))
+            return Frame("VAL", 0, {}, raw)
         if verb not in ("PUT", "DEL", "HINT"):
             return error_frame(0, "unknown_verb", f"{verb} is not a replica verb")
         refusal, wait = self._store_record(verb, key, hint_for, frame.payload)
@@ -1528,6 +1872,19 @@ class Coordinator:
         except StorageError as error:
             return ("storage_error", str(error)), None
         return None, wait
+
+    def _handle_get_batch(self, frame: Frame) -> Frame:
+        """C{GET_BATCH}: each key's record as this replica stores it, undecoded (the
+        coordinator decodes what it uses, as it does a C{GET}'s record)."""
+        try:
+            keys = parse_get_batch(frame)
+        except PeerProtocolError as error:
+            return error_frame(0, "bad_request", error.message)
+        try:
+            records = self.replica.raw_many(keys)
+        except StorageError as error:
+            return _nack("storage_error", str(error))
+        return get_batch_answer(records)
 
     def _handle_batch(self, frame: Frame) -> Frame | Deferred[Frame | None]:
         """C{PUT_BATCH}: each record applied as its own C{PUT}/C{DEL} would be, answered in

@@ -62,6 +62,9 @@ def _after(wait: Any, result: Any) -> Any:
 class LocalKeyspace:
     """Versioned key-value operations over one L{OrderedStore}."""
 
+    #: GET reads synchronously here; a cluster keyspace reads in runs (L{cmd_get}).
+    reads_in_runs = False
+
     def __init__(
         self,
         store: OrderedStore,

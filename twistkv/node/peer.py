@@ -53,9 +53,11 @@ from twisted.python.failure import Failure
 from twistkv.core.peerwire import (
     CONNECTION_REQUEST_ID,
     DEFAULT_MAX_PAYLOAD,
+    FEATURE_GET_BATCH,
     FEATURE_PUT_BATCH,
     MAX_LINE,
     MAX_REQUEST_ID,
+    NOT_SENT,
     RESPONSE_VERBS,
     VERBS,
     Established,
@@ -73,7 +75,9 @@ from twistkv.core.peerwire import (
     encode_frame,
     error_details,
     error_frame,
+    get_batch_frames,
     parse_batch_outcomes,
+    parse_get_batch_answer,
     put_batch_frames,
     quote,
 )
@@ -300,11 +304,26 @@ _BATCH_ACK = Frame("ACK", 0)
 _BatchItem: TypeAlias = tuple[Any, ...]
 
 
+#: A key awaiting its C{GET_BATCH}: key, timeout, callback, errback, then the callbacks'
+#: extra arguments.
+_GetItem: TypeAlias = tuple[Any, ...]
+
+
 def _report(callback: Callback, outcome: object, args: tuple[object, ...]) -> None:
     try:
         callback(outcome, *args)
     except Exception:
-        _log.failure("Answer callback for a PUT_BATCH record failed")
+        _log.failure("Answer callback for a record of a batch failed")
+
+
+def _get_answered(frame: Frame, item: _GetItem) -> None:
+    """A single C{GET}'s answer, reported as L{PeerProtocol.get_many} reports a record."""
+    answer: object = (frame.payload or None) if frame.verb == "VAL" else frame
+    item[2](answer, *item[4:])
+
+
+def _get_failed(failure: Failure, item: _GetItem) -> None:
+    item[3](failure, *item[4:])
 
 
 class PeerProtocol(Protocol):
@@ -357,6 +376,8 @@ class PeerProtocol(Protocol):
         #: PUT/DEL records of this turn awaiting their PUT_BATCH (L{put}), each with who
         #: waits for it: C{(verb, key, record, timeout, callback, errback, *args)}.
         self._batch: list[_BatchItem] = []
+        #: Keys of this turn awaiting their GET_BATCH (L{get_many}).
+        self._gets: list[_GetItem] = []
         #: The plain TCP socket, for L{_flush}'s direct send (None: TLS or a test transport).
         self._socket: socket.socket | None = None
         self._batching = False
@@ -676,6 +697,68 @@ class PeerProtocol(Protocol):
         if not self._batching and self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
 
+    @property
+    def batches_gets(self) -> bool:
+        """Whether L{get_many} keys travel in C{GET_BATCH} frames: the peer offered it."""
+        peer = self.peer
+        return peer is not None and FEATURE_GET_BATCH in peer.features
+
+    def get_many(self, items: Sequence[_GetItem]) -> None:
+        """Read the records of several keys: each item is C{(key, timeout, callback, errback,
+        *args)}. C{callback(answer, *args)} gets the record's bytes (undecoded), None when
+        the replica holds nothing for the key, or the C{NACK} frame that refused it;
+        C{errback(Failure, *args)} as for L{call}. Each runs once per item.
+
+        When the peer offered C{get_batch}, the keys of one reactor turn leave together in
+        C{GET_BATCH} frames at the turn's flush (§5.2.2); otherwise each is one C{GET}.
+        """
+        if not self.batches_gets or not self.ready:
+            for item in items:
+                self._get_one(item)
+            return
+        self._gets.extend(items)
+        if not self._batching and self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+
+    def _get_one(self, item: _GetItem) -> None:
+        self.call(Frame("GET", 0, {"key": quote(item[0])}), item[1], _get_answered,
+                  _get_failed, item)
+
+    def _send_gets(self) -> None:
+        """Turn this turn's L{get_many} keys into C{GET_BATCH} requests (in L{_flush})."""
+        items, self._gets = self._gets, []
+        try:
+            frames = get_batch_frames(items)
+        except InvalidFrameError as error:  # our bug; the callers should hear of it
+            self._gets_failed(Failure(error), items)
+            return
+        self._send_chunks(frames, items, 1, self._gets_answered, self._gets_failed)
+
+    def _gets_answered(self, frame: Frame, chunk: list[_GetItem]) -> None:
+        if frame.verb != "VAL":
+            # The whole batch refused (a NACK such as shutting_down): the same for each.
+            for item in chunk:
+                _report(item[2], frame, item[4:])
+            return
+        try:
+            records = parse_get_batch_answer(frame, len(chunk))
+        except PeerProtocolError as error:
+            self._gets_failed(Failure(PeerRefused(self.label, "GET_BATCH", error.code,
+                                                  error.message)), chunk)
+            return
+        for item, record in zip(chunk, records, strict=True):
+            if record is NOT_SENT:  # left out to bound the answer: ask for it alone
+                self._get_one(item)
+                continue
+            try:
+                item[2](record, *item[4:])
+            except Exception:
+                _log.failure("Answer callback for a GET_BATCH key failed")
+
+    def _gets_failed(self, failure: Failure, chunk: list[_GetItem]) -> None:
+        for item in chunk:
+            _report(item[3], failure, item[4:])
+
     def _send_batch(self) -> None:
         """Turn this turn's L{put} records into C{PUT_BATCH} requests (in L{_flush})."""
         items, self._batch = self._batch, []
@@ -684,15 +767,21 @@ class PeerProtocol(Protocol):
         except InvalidFrameError as error:  # our bug; the callers should hear of it
             self._batch_failed(Failure(error), items)
             return
+        self._send_chunks(frames, items, 3, self._batch_answered, self._batch_failed)
+
+    def _send_chunks(self, frames: list[tuple[Frame, int]], items: list[Any], timeout_at: int,
+                     answered: Callback, failed: Callback) -> None:
+        """Send the batch C{frames} made of C{items} (each frame holding the next C{count}
+        of them), each with the shortest timeout of its items (C{item[timeout_at]});
+        C{answered(answer, chunk)} or C{failed(Failure, chunk)} gets each frame's outcome."""
         batching, self._batching = self._batching, True  # _queue must not arm another flush
         try:
             start = 0
             for frame, count in frames:
                 chunk = items[start:start + count] if count < len(items) else items
                 start += count
-                timeout = min([item[3] for item in chunk])
-                request = _Outstanding(None, "PUT_BATCH", timeout, self._batch_answered,
-                                       self._batch_failed, (chunk,))
+                timeout = min([item[timeout_at] for item in chunk])
+                request = _Outstanding(None, frame.verb, timeout, answered, failed, (chunk,))
                 sent = self._send_request(frame, request)
                 if isinstance(sent, Exception):
                     request.fail(sent)
@@ -724,10 +813,14 @@ class PeerProtocol(Protocol):
             _report(item[5], failure, item[6:])
 
     def _fail_batch(self, error: Exception) -> None:
-        """Records queued for a batch that will never leave (the connection is gone)."""
+        """Records and keys queued for a batch that will never leave (the connection is
+        gone)."""
         items, self._batch = self._batch, []
         if items:
             self._batch_failed(Failure(error), items)
+        gets, self._gets = self._gets, []
+        if gets:
+            self._gets_failed(Failure(error), gets)
 
     def send(self, frame: Frame) -> None:
         """Send a one-way frame (no answer expected) under a fresh request id."""
@@ -784,11 +877,14 @@ class PeerProtocol(Protocol):
         if call is not None and call.active():
             call.cancel()
         for _ in range(_BATCH_PASSES):  # a callback of a failed batch may have put more
-            if not self._batch:
+            if not self._batch and not self._gets:
                 break
-            self._send_batch()
+            if self._batch:
+                self._send_batch()
+            if self._gets:
+                self._send_gets()
         else:
-            if self._batch and self._flush_call is None and not self._lost:
+            if (self._batch or self._gets) and self._flush_call is None and not self._lost:
                 self._flush_call = self._reactor.callLater(0, self._flush)
         if self._out and not self._lost and self.transport is not None:
             data = b"".join(self._out)
@@ -1070,6 +1166,20 @@ class PeerClientPool:
                     return
         for item in items:
             self.put(address, *item)
+
+    def get_many(self, address: str, items: Sequence[_GetItem]) -> None:
+        """Read several keys' records from C{address} (L{PeerProtocol.get_many}): each item
+        is C{(key, timeout, callback, errback, *args)} with a number for the timeout."""
+        if not self._closed:
+            link = self._links.get(address)
+            if link is not None and link.state is _LinkState.READY:
+                protocol = link.protocol
+                if protocol is not None and protocol.ready:
+                    protocol.get_many(items)
+                    return
+        for item in items:
+            self.call(address, Frame("GET", 0, {"key": quote(item[0])}), item[1],
+                      _get_answered, _get_failed, item)
 
     def send(self, address: str, frame: Frame) -> None:
         """Send a one-way frame, best effort: failures are logged, never raised."""

@@ -159,6 +159,10 @@ class ReplicaStore:
         checks, L{twistkv.core.replication.supersedes_sole_writer}), or None."""
         return self._store.get(DATA_PREFIX + key)
 
+    def raw_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """L{raw} for several keys in one store call (a peer's C{GET_BATCH})."""
+        return self._store.get_many([DATA_PREFIX + key for key in keys])
+
     def iterate(
         self, start: bytes | None = None, stop: bytes | None = None
     ) -> Iterator[tuple[bytes, Record]]:
