@@ -920,6 +920,7 @@ class Coordinator:
         fresh = 0
         local_waits: list[tuple[list[int], Deferred[None]]] = []
         count = 0
+        minted_run = self._mint_run(pairs, wall)
         for index, (key, value) in enumerate(pairs):
             if len(key) > MAX_KEY_BYTES:
                 run.settled(index, KeyTooLong(len(key)))
@@ -936,7 +937,11 @@ class Coordinator:
                     self._write(key, value, consistency, 0, None, False, None, run, index)
                     continue
             assert isinstance(plan, _RunPlan)
-            _, payload, stored = self._mint(key, value, 0, None, False, False, wall)
+            minted = None if minted_run is None else minted_run[index]
+            if minted is None:
+                _, payload, stored = self._mint(key, value, 0, None, False, False, wall)
+            else:
+                payload, stored = minted
             count += 1
             keys[index] = key
             payloads[index] = payload
@@ -972,6 +977,45 @@ class Coordinator:
         for indexes, wait in local_waits:
             wait.addCallbacks(self._run_local_acked, self._run_local_failed,
                               callbackArgs=(fast, indexes), errbackArgs=(fast, indexes))
+
+    def _mint_run(
+        self, pairs: Sequence[tuple[bytes, bytes]], wall: int
+    ) -> list[tuple[bytes, bytes | None] | None] | None:
+        """The records of a run's blind writes, minted together where L{_mint}'s byte-level
+        path would mint them (the key absent here, or last written by this node alone):
+        one store lookup and one block of HLC timestamps for the run. Per write, C{(record,
+        stored bytes)} or None (another writer's versions: L{_mint}); None for a run that
+        writes a key twice (the second write must see the first).
+
+        The block starts past the newest timestamp of the records it supersedes, as each
+        L{_mint} would, so every new version is also their last-writer winner.
+        """
+        keys = [key for key, _ in pairs]
+        if len(set(keys)) != len(keys):
+            return None
+        raws = self.replica.raw_many(keys)
+        block = self._block
+        clocks = [None if raw is None else sole_writer_clock(raw, block) for raw in raws]
+        newest = max([clock[0] for clock in clocks if clock is not None], default=0)
+        hlc = self.hlc
+        try:
+            first = hlc.observe(newest, wall) if newest else hlc.tick(wall)
+        except ClockSkewError:
+            first = hlc.tick(wall)
+        if len(keys) > 1:
+            hlc.tick_many(wall, len(keys) - 1)  # first + 1 .. first + len - 1: _last is first
+        minted: list[tuple[bytes, bytes | None] | None] = []
+        append = minted.append
+        for index, (value, raw, clock) in enumerate(
+            zip([value for _, value in pairs], raws, clocks, strict=True)
+        ):
+            if raw is not None and clock is None:
+                append(None)
+                continue
+            ts = first + index
+            counter = ts if clock is None or clock[1] < ts else clock[1] + 1
+            append((encode_sole_writer(block, value, ts, 0, counter, False), raw))
+        return minted
 
     def _commit_run(
         self, fast: _FastRun, staged: dict[bytes, bytes], indexes: list[int], fresh: int,
