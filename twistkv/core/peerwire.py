@@ -1046,6 +1046,9 @@ _BATCH_KINDS = ("PUT", "DEL")
 _BATCH_KIND_CODES = {"PUT": 0, "DEL": 1}
 _ENTRY_HEAD = struct.Struct(">BI")
 _ENTRY_OVERHEAD = 9  # kind, key length, record length
+#: Key length -> the struct of an entry's kind, key length, key and record length.
+_ENTRY_LAYOUTS: dict[int, struct.Struct] = {}
+_CACHED_KEY_LENGTHS = 512  # longer keys are rare: their structs are built, not kept
 _REASON = re.compile(r"[a-z0-9_]{1,64}")
 _NO_BATCH_FIELDS: MappingProxyType[str, str] = MappingProxyType({})
 
@@ -1077,22 +1080,28 @@ def put_batch_frames(
     frames: list[tuple[Frame, int]] = []
     parts: list[bytes] = []
     count = size = 0
-    pack = _ENTRY_HEAD.pack
-    u32 = _U32.pack
     codes = _BATCH_KIND_CODES
+    layouts = _ENTRY_LAYOUTS
     for entry in entries:
         verb, key, record = entry[0], entry[1], entry[2]
         code = codes.get(verb)
         if code is None:
             raise InvalidFrameError("bad_request", f"{verb!r} cannot travel in a PUT_BATCH")
-        if len(key) > MAX_BATCH_KEY:
-            raise InvalidFrameError("bad_request", f"key of {len(key)} bytes in a PUT_BATCH")
-        entry_size = _ENTRY_OVERHEAD + len(key) + len(record)
+        key_len = len(key)
+        layout = layouts.get(key_len)
+        if layout is None:
+            if key_len > MAX_BATCH_KEY:
+                raise InvalidFrameError("bad_request", f"key of {key_len} bytes in a PUT_BATCH")
+            layout = struct.Struct(f">BI{key_len}sI")
+            if key_len <= _CACHED_KEY_LENGTHS:
+                layouts[key_len] = layout
+        entry_size = _ENTRY_OVERHEAD + key_len + len(record)
         if count and (count >= max_records or size + entry_size > max_bytes):
             frames.append((_batch_frame(count, parts), count))
             parts = []
             count = size = 0
-        parts += (pack(code, len(key)), key, u32(len(record)), record)
+        # One pack for kind, key length, key and record length (by key length, cached).
+        parts += (layout.pack(code, key_len, key, len(record)), record)
         count += 1
         size += entry_size
     if count:
