@@ -1110,3 +1110,35 @@ def test_pool_get_many_reports_every_key_before_and_after_the_connection_is_up()
                                      (b"c", 1.0, no_handler, failed, "c")])
     refused.flush()
     assert failures == [("a", "PeerUnavailable"), ("c", "PeerUnavailable")]
+
+
+def test_the_empty_key_travels_alone_beside_batches() -> None:
+    """Batch entries carry keys of 1.. bytes, so a record or a read of the empty key (a valid
+    Redis key) goes as its own PUT or GET, and the other keys of the turn still share their
+    PUT_BATCH / GET_BATCH: one empty key never fails a batch."""
+    replica = ReadReplica({b"": b"record-empty", b"a": b"record-a"})
+    pair = Pair(replica)
+    pair.flush()
+    seen: list[tuple[str, object]] = []
+
+    def answered(answer: object, tag: str) -> None:
+        seen.append((tag, answer.verb if isinstance(answer, Frame) else answer))
+
+    pair.client.put("PUT", b"", b"rec", 5.0, answered, no_handler, "put empty")
+    pair.client.put("PUT", b"b", b"rec", 5.0, answered, no_handler, "put b")
+    pair.client.put_many([("PUT", b"c", b"rec", 5.0, answered, no_handler, "many c"),
+                          ("PUT", b"", b"rec", 5.0, answered, no_handler, "many empty")])
+    pair.client.get_many([(b"a", 5.0, answered, no_handler, "get a")])
+    pair.client.get_many([(b"", 5.0, answered, no_handler, "get empty"),
+                          (b"a", 5.0, answered, no_handler, "get a again")])
+    pair.flush()
+    verbs = sorted(frame.verb for frame in replica.frames)
+    assert verbs == ["GET", "GET", "GET_BATCH", "PUT", "PUT", "PUT_BATCH"]
+    (batch,) = [f for f in replica.frames if f.verb == "PUT_BATCH"]
+    assert [entry.key for entry in parse_put_batch(batch)] == [b"b", b"c"]
+    (reads,) = [f for f in replica.frames if f.verb == "GET_BATCH"]
+    assert parse_get_batch(reads) == [b"a"]
+    assert sorted(seen, key=str) == sorted([
+        ("put empty", "ACK"), ("put b", "ACK"), ("many c", "ACK"), ("many empty", "ACK"),
+        ("get a", b"record-a"), ("get empty", b"record-empty"), ("get a again", b"record-a"),
+    ], key=str)

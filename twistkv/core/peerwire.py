@@ -1330,16 +1330,18 @@ def get_batch_answer(records: Sequence[bytes | None], max_bytes: int = MAX_BATCH
     u32 = _U32.pack
     parts = [u32(len(records))]
     size = 4
+    carried = False  # a record went in already
     for record in records:
         if not record:
             parts.append(b"\x00\x00\x00\x00")
             size += 4
-        elif size + 4 + len(record) > max_bytes and len(parts) > 1:
+        elif carried and size + 4 + len(record) > max_bytes:
             parts.append(u32(_LEFT_OUT))
             size += 4
         else:
             parts += (u32(len(record)), record)
             size += 4 + len(record)
+            carried = True
     return Frame._trusted("VAL", 0, _NO_BATCH_FIELDS, b"".join(parts))
 
 

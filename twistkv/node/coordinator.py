@@ -1075,7 +1075,9 @@ class Coordinator:
         """A replica's answer to write C{index} of C{fast}."""
         promoted = fast.promoted
         if promoted and index in promoted:
-            self._write_answer(frame, promoted[index], target)
+            write = promoted[index]
+            self._write_answer(frame, write, target)
+            self._expire_write_if_due(write)
         elif frame.verb == "ACK":
             acks = fast.acks[index]
             if acks is None:
@@ -1091,7 +1093,9 @@ class Coordinator:
                     self._untrack(fast)
         else:
             reason = frame.fields.get("reason", frame.verb.lower())
-            self._write_failed(self._promote(fast, index), target, f"refused ({reason})")
+            write = self._promote(fast, index)
+            self._write_failed(write, target, f"refused ({reason})")
+            self._expire_write_if_due(write)
 
     def _run_error(self, failure: Failure | BaseException, fast: _FastRun, index: int,
                    target: Replica) -> None:
@@ -1099,6 +1103,13 @@ class Coordinator:
         if promoted is None:
             promoted = self._promote(fast, index)
         self._write_failed(promoted, target, _describe(failure))
+        self._expire_write_if_due(promoted)
+
+    def _expire_write_if_due(self, write: _Write) -> None:
+        """A write promoted at or after its deadline is in no deadline sweep (its run's
+        entry may already have fired): expire it here, as the sweep would have."""
+        if not write.timed and not write.settled and self._reactor.seconds() >= write.deadline:
+            self._write_deadline(write)
 
     def _promote(self, fast: _FastRun, index: int) -> _Write:
         """Write C{index} of C{fast} as the L{_Write} the general path would hold by now."""
@@ -1661,6 +1672,9 @@ class Coordinator:
             if len(key) > MAX_KEY_BYTES:
                 run.settled(index, KeyTooLong(len(key)))
                 continue
+            if not key:  # a GET_BATCH carries keys of 1.. bytes: the empty key goes alone
+                self._read_one(run, index, key, consistency)
+                continue
             preference = ring.preference_list_for_token(ring.token(key), n)
             plan = plans.get(preference, _UNSEEN)
             if plan is _UNSEEN:
@@ -1745,6 +1759,7 @@ class Coordinator:
             read.coordination.on_failure(node, "storage error")
         else:
             read.coordination.on_failure(node, _describe(failure))
+        self._expire_if_due(read)
         self._settle_read(read)
 
     def _live_value(self, record: bytes | None) -> bytes | None:
@@ -1818,7 +1833,14 @@ class Coordinator:
 
     def _feed_promoted(self, read: _Read, node: str, answer: bytes | None | Frame) -> None:
         self._feed(read, node, answer)
+        self._expire_if_due(read)
         self._settle_read(read)
+
+    def _expire_if_due(self, read: _Read) -> None:
+        """A read promoted at or after its deadline is in no deadline sweep (its run's
+        entry may already have fired): expire it here, as the sweep would have."""
+        if not read.timed and self._reactor.seconds() >= read.deadline:
+            read.coordination.on_timeout(read.deadline)
 
     def _read_run_deadline(self, fast: _FastRead) -> None:
         """The run's deadline passed: each read still waiting for a reply is promoted and

@@ -676,7 +676,8 @@ class PeerProtocol(Protocol):
         the shortest of theirs) and each record still gets its own outcome. Otherwise this
         is L{call} with a C{PUT}/C{DEL} frame.
         """
-        if not self.batches_puts or not self.ready:
+        if not self.batches_puts or not self.ready or not key:
+            # (A PUT_BATCH entry's key has 1.. bytes: the empty key travels alone.)
             self.call(Frame(verb, 0, {"key": quote(key)}, record), timeout, callback, errback,
                       *args)
             return
@@ -689,7 +690,7 @@ class PeerProtocol(Protocol):
     def put_many(self, items: Sequence[_BatchItem]) -> None:
         """L{put} for several records at once: each item is C{(verb, key, record, timeout,
         callback, errback, *args)}, reported exactly as L{put} reports it."""
-        if not self.batches_puts or not self.ready:
+        if not self.batches_puts or not self.ready or not all([item[1] for item in items]):
             for item in items:
                 self.put(*item)
             return
@@ -712,7 +713,8 @@ class PeerProtocol(Protocol):
         When the peer offered C{get_batch}, the keys of one reactor turn leave together in
         C{GET_BATCH} frames at the turn's flush (§5.2.2); otherwise each is one C{GET}.
         """
-        if not self.batches_gets or not self.ready:
+        if not self.batches_gets or not self.ready or not all([item[0] for item in items]):
+            # (A GET_BATCH key has 1.. bytes: a run with the empty key goes one by one.)
             for item in items:
                 self._get_one(item)
             return
