@@ -1057,8 +1057,28 @@ class Coordinator:
             waits.append(([index], wait))
 
     def _run_local_acked(self, _: object, fast: _FastRun, indexes: Sequence[int]) -> None:
+        """This node's copies of writes C{indexes} are stored: one ack each (L{_run_answer}'s
+        ACK branch, in one loop: this runs for every write of a run)."""
+        promoted = fast.promoted
+        node = self.node_id
+        need, acks = fast.need, fast.acks
+        settled = fast.run.settled
         for index in indexes:
-            self._run_answer(_ACK, fast, index, self._local_target(fast, index))
+            if promoted and index in promoted:
+                self._run_answer(_ACK, fast, index, self._local_target(fast, index))
+                continue
+            held = acks[index]
+            if held is None:
+                acks[index] = [node]
+            else:
+                held.append(node)
+            left = need[index] - 1
+            need[index] = left
+            if left == 0:
+                settled(index, None)
+                fast.open -= 1
+        if not fast.open and fast.timed:
+            self._untrack(fast)
 
     def _run_local_failed(self, failure: Failure | BaseException, fast: _FastRun,
                           indexes: Sequence[int]) -> None:
