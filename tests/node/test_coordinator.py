@@ -709,6 +709,27 @@ def test_put_batch_stores_a_run_of_superseding_records_in_one_commit(
     assert values == [b"theirs", b"three"]
 
 
+def test_put_batch_checks_each_record_against_what_earlier_records_stored(
+    store: MemoryStore, committer: GroupCommitter, clock: Clock
+) -> None:
+    """The stored records a batch is checked against are read once, when it arrives; a key
+    that an earlier record of the batch stored (its run committed, or written the general
+    way) is read again, so an older record of it that comes later merges in (and loses)
+    instead of replacing the newer one."""
+    node = lone_coordinator("n2", store, committer, clock)
+    answer = node.handle("n1", _batch(("PUT", b"a", _sole(b"new", "n1", 5)),
+                                      ("PUT", b"b", _sole(b"theirs", "n3", 1)),
+                                      ("PUT", b"b", _sole(b"concurrent", "n4", 1)),
+                                      ("PUT", b"a", _sole(b"old", "n1", 3)),
+                                      ("PUT", b"b", _sole(b"late", "n3", 2))))
+    clock.advance(0)
+    (frame,) = outcome(answer)
+    assert parse_batch_outcomes(frame, 5) == [None] * 5
+    assert node.replica.read(b"a") == decode_record(_sole(b"new", "n1", 5))
+    values = sorted(v.value for v in node.replica.read(b"b").versions)  # type: ignore[union-attr]
+    assert values == [b"concurrent", b"late"]
+
+
 def test_put_batch_records_of_a_refused_commit_each_answer_storage_error(
     store: MemoryStore, committer: GroupCommitter, clock: Clock
 ) -> None:

@@ -420,7 +420,8 @@ def sole_writer_clock(raw: bytes, block: bytes) -> tuple[int, int] | None:
     version written by the node of C{block} (L{twistkv.core.record.single_writer_block}) and
     clocked by that node alone; None otherwise (counters included: they take the general path).
     The writer's name is not checked for UTF-8: C{block} comes from a trusted source."""
-    layout = _sole_layout((len(block) - 4) // 2)
+    name_length = (len(block) - 4) // 2
+    layout = _SOLE_LAYOUTS.get(name_length) or _sole_layout(name_length)
     if len(raw) < layout.size:
         return None
     version, count, flags, hlc, _, writer, counter, size = layout.unpack_from(raw)
@@ -430,14 +431,15 @@ def sole_writer_clock(raw: bytes, block: bytes) -> tuple[int, int] | None:
     return hlc, counter
 
 
-def _sole_fields(raw: bytes) -> tuple[bytes, tuple[Any, ...], int] | None:
+def _sole_fields(raw: bytes) -> tuple[bytes, tuple[Any, ...], struct.Struct] | None:
     """When C{raw} has the layout of one plain or tombstone version clocked by its writer
-    alone (any writer): the writer's str8, the fixed fields (L{_sole_layout}) and where the
-    value starts; None otherwise. The writer's name is not checked for UTF-8 here."""
+    alone (any writer): the writer's str8, the fixed fields and their layout
+    (L{_sole_layout}; its size is where the value starts); None otherwise. The writer's
+    name is not checked for UTF-8 here."""
     if len(raw) <= _BLOCK_AT:
         return None
     name_length = raw[_BLOCK_AT]
-    layout = _sole_layout(name_length)
+    layout = _SOLE_LAYOUTS.get(name_length) or _sole_layout(name_length)
     if len(raw) < layout.size:
         return None
     fields = layout.unpack_from(raw)
@@ -448,7 +450,7 @@ def _sole_fields(raw: bytes) -> tuple[bytes, tuple[Any, ...], int] | None:
     name = block[:name_length + 1]  # the str8, length byte included
     if block[name_length + 1:] != b"\x00\x01" + name:
         return None
-    return name, fields, layout.size
+    return name, fields, layout
 
 
 def supersedes_sole_writer(stored: bytes | None, incoming: bytes) -> bool:
@@ -463,19 +465,18 @@ def supersedes_sole_writer(stored: bytes | None, incoming: bytes) -> bool:
     sole = _sole_fields(incoming)
     if sole is None:
         return False
-    name, (_, _, _, _, _, block, counter, _), size_before_value = sole
+    name, (_, _, _, _, _, block, counter, _), layout = sole
     if stored is None:
         try:
             name[1:].decode("utf-8")
         except UnicodeDecodeError:
             return False
         return True
-    if len(stored) < size_before_value:
+    if len(stored) < layout.size:
         return False
-    version, count, flags, _, _, writer, ours, size = _sole_layout(len(name) - 1).unpack_from(
-        stored)
+    version, count, flags, _, _, writer, ours, size = layout.unpack_from(stored)
     return (version == 1 and count == 1 and flags <= 1 and writer == block and ours >= 1
-            and size_before_value + size == len(stored) and counter > ours)
+            and layout.size + size == len(stored) and counter > ours)
 
 
 def sole_writer_value(raw: bytes) -> tuple[bytes, int, bool] | None:
@@ -489,12 +490,12 @@ def sole_writer_value(raw: bytes) -> tuple[bytes, int, bool] | None:
     sole = _sole_fields(raw)
     if sole is None:
         return None
-    name, (_, _, flags, _, expires, _, _, _), start = sole
+    name, (_, _, flags, _, expires, _, _, _), layout = sole
     try:
         name[1:].decode("utf-8")  # decode_record would refuse the record otherwise
     except UnicodeDecodeError:
         return None
-    return raw[start:], expires, flags == 1
+    return raw[layout.size:], expires, flags == 1
 
 
 def encode_sole_writer(

@@ -1990,6 +1990,14 @@ class Coordinator:
         waits: list[tuple[Sequence[int], Deferred[None]]] = []
         replica = self.replica
         raw_of = replica.raw
+        #: What is stored for each entry's key when the batch arrived (one store call), and
+        #: the keys written since by the general path (read again: their bytes changed).
+        try:
+            prefetched: list[bytes | None] | None = replica.raw_many(
+                [entry[1] for entry in entries])
+        except StorageError:
+            prefetched = None  # each record gets its own storage error below
+        rewritten: set[bytes] = set()
         #: The current run: key -> the record to store (a key's last record supersedes its
         #: earlier ones), and the indexes the run's commit answers for.
         staged: dict[bytes, bytes] = {}
@@ -1997,6 +2005,7 @@ class Coordinator:
         new_records = 0
 
         def commit_staged() -> None:
+            rewritten.update(staged)  # their prefetched bytes are stale from now on
             try:
                 wait = replica.replace_many(list(staged.items()), new_records)
             except StorageError:
@@ -2013,7 +2022,10 @@ class Coordinator:
             if payload and (verb != "DEL" or payload[3:4] == b"\x01"):
                 stored = staged.get(key)
                 if stored is None:
-                    stored = raw_of(key)
+                    if prefetched is None or key in rewritten:
+                        stored = raw_of(key)
+                    else:
+                        stored = prefetched[index]
                     fresh = stored is None
                 else:
                     fresh = False
@@ -2025,6 +2037,7 @@ class Coordinator:
             if staged:
                 commit_staged()
                 new_records = 0
+            rewritten.add(key)
             refusal, wait = self._store_record(verb, key, None, payload)
             if refusal is not None:
                 outcomes[index] = refusal[0]
