@@ -87,6 +87,18 @@ def test_preference_and_fallbacks_match_a_naive_walk(
     )
 
 
+@given(memberships, small_vnodes, st.lists(st.tuples(st.binary(max_size=6), replicas),
+                                            min_size=1, max_size=30))
+def test_preference_list_of_a_key_matches_a_naive_walk_in_any_memo_state(
+    nodes: set[str], vnodes: int, queries: list[tuple[bytes, int]]
+) -> None:
+    """preference_list's inlined hash, bisection and memo give the naive clockwise scan's
+    answer for any sequence of keys and depths (the memo holds lists of other depths)."""
+    ring = Ring(nodes, vnodes)
+    for key, n in queries + [(key, len(nodes) + 2) for key, _ in queries[:3]]:
+        assert ring.preference_list(key, n) == tuple(reference_walk(ring, key_token(key))[:n])
+
+
 @given(st.lists(node_ids, min_size=1, max_size=8), small_vnodes, st.randoms())
 def test_ring_is_deterministic_across_instances(
     nodes: list[str], vnodes: int, rng: random.Random

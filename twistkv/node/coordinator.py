@@ -925,7 +925,7 @@ class Coordinator:
             if len(key) > MAX_KEY_BYTES:
                 run.settled(index, KeyTooLong(len(key)))
                 continue
-            successors = ring.preference_list_for_token(ring.token(key), everyone)
+            successors = ring.preference_list(key, everyone)
             plan = plans.get(successors, _UNSEEN)
             if plan is _UNSEEN:
                 plan = plans[successors] = self._run_plan(successors, consistency)
@@ -1695,7 +1695,7 @@ class Coordinator:
             if not key:  # a GET_BATCH carries keys of 1.. bytes: the empty key goes alone
                 self._read_one(run, index, key, consistency)
                 continue
-            preference = ring.preference_list_for_token(ring.token(key), n)
+            preference = ring.preference_list(key, n)
             plan = plans.get(preference, _UNSEEN)
             if plan is _UNSEEN:
                 plan = plans[preference] = self._read_plan(preference, consistency)
