@@ -1109,8 +1109,9 @@ def put_batch_frames(
     return frames
 
 
-def _batch_frame(count: int, parts: list[bytes]) -> Frame:
-    return Frame._trusted("PUT_BATCH", 0, _NO_BATCH_FIELDS, _U32.pack(count) + b"".join(parts))
+def _batch_frame(count: int, parts: list[bytes], verb: str = "PUT_BATCH") -> Frame:
+    """A C{PUT_BATCH} or C{GET_BATCH} frame: the entry count, then the entries' parts."""
+    return Frame._trusted(verb, 0, _NO_BATCH_FIELDS, _U32.pack(count) + b"".join(parts))
 
 
 def parse_put_batch(frame: Frame) -> list[BatchEntry]:
@@ -1270,19 +1271,15 @@ def get_batch_frames(
             raise InvalidFrameError("bad_request", f"key of {len(key)} bytes in a GET_BATCH")
         entry_size = 4 + len(key)
         if count and (count >= max_records or size + entry_size > max_bytes):
-            frames.append((_get_batch_frame(count, parts), count))
+            frames.append((_batch_frame(count, parts, "GET_BATCH"), count))
             parts = []
             count = size = 0
         parts += (u32(len(key)), key)
         count += 1
         size += entry_size
     if count:
-        frames.append((_get_batch_frame(count, parts), count))
+        frames.append((_batch_frame(count, parts, "GET_BATCH"), count))
     return frames
-
-
-def _get_batch_frame(count: int, parts: list[bytes]) -> Frame:
-    return Frame._trusted("GET_BATCH", 0, _NO_BATCH_FIELDS, _U32.pack(count) + b"".join(parts))
 
 
 def parse_get_batch(frame: Frame) -> list[bytes]:

@@ -1509,18 +1509,7 @@ class Coordinator:
                    self._read_error, read, node)
 
     def _read_answer(self, frame: Frame, read: _Read, node: str) -> None:
-        if frame.verb != "VAL":
-            reason = frame.fields.get("reason", frame.verb.lower())
-            read.coordination.on_failure(node, f"refused ({reason})")
-        else:
-            try:
-                versions = decode_record(frame.payload).versions if frame.payload else ()
-            except CorruptRecordError as error:
-                _log.warn("Replica {node} sent a corrupt record: {error}", node=node,
-                          error=str(error))
-                read.coordination.on_failure(node, "sent a corrupt record")
-            else:
-                read.coordination.on_reply(node, versions)
+        self._feed(read, node, (frame.payload or None) if frame.verb == "VAL" else frame)
         self._settle_read(read)
 
     def _read_error(self, failure: Failure, read: _Read, node: str) -> None:
@@ -1830,8 +1819,9 @@ class Coordinator:
         return read
 
     def _feed(self, read: _Read, node: str, answer: bytes | None | Frame) -> None:
-        """Count owner C{node}'s answer in C{read} as L{_send_read} and L{_read_answer}
-        would have counted it."""
+        """Count owner C{node}'s answer in C{read}: its record's bytes, None (it holds
+        nothing) or the frame refusing the read. This node's own copy counts as
+        L{_send_read} counts it (a damaged one is a storage error here)."""
         coordination = read.coordination
         if isinstance(answer, Frame):
             reason = answer.fields.get("reason", answer.verb.lower())
