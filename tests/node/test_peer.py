@@ -35,6 +35,7 @@ from twistkv.core.peerwire import (
     unquote,
 )
 from twistkv.node.peer import (
+    BatchAnswers,
     PeerBusy,
     PeerClientPool,
     PeerLimits,
@@ -848,6 +849,39 @@ def test_put_many_is_put_for_each_record_in_one_call() -> None:
     net.flush()
     assert received == ["PUT", "PUT", "PUT_BATCH"]
     assert tags == ["ACK:0", "ACK:1", "ACK:2", "ACK:3"]
+
+
+def test_batch_answers_hears_an_all_applied_put_batch_in_one_call() -> None:
+    """A BatchAnswers callback gets a PUT_BATCH whose records were all applied as one
+    acked(items) call, the items exactly as put; a batch with a refused record, or one
+    whose items have other callbacks too, is reported per record through answer()."""
+    replica = BatchReplica()
+    pair = Pair(replica)
+    pair.flush()
+    acked: list[list[str]] = []
+    answered: list[tuple[str, str]] = []
+    grouped = BatchAnswers(lambda frame, tag: answered.append((tag, frame.verb)),
+                           lambda items: acked.append([item[6] for item in items]))
+    items = [("PUT", b"a", b"r", 5.0, grouped, no_handler, "a"),
+             ("DEL", b"b", b"t", 5.0, grouped, no_handler, "b")]
+    pair.client.put_many(items)
+    pair.flush()
+    assert acked == [["a", "b"]] and answered == []
+
+    pair.client.put_many([("PUT", b"c", b"r", 5.0, grouped, no_handler, "c"),
+                          ("PUT", b"refuse", b"r", 5.0, grouped, no_handler, "refuse")])
+    pair.flush()
+    assert acked == [["a", "b"]]
+    assert answered == [("c", "ACK"), ("refuse", "NACK")]
+
+    answered.clear()
+    plain: list[str] = []
+    pair.client.put_many([("PUT", b"d", b"r", 5.0, grouped, no_handler, "d"),
+                          ("PUT", b"e", b"r", 5.0, lambda frame, tag: plain.append(tag),
+                           no_handler, "e")])
+    pair.flush()
+    assert acked == [["a", "b"]] and answered == [("d", "ACK")] and plain == ["e"]
+    assert len(replica.frames) == 3
 
 
 def test_records_put_by_a_failing_batchs_callbacks_still_leave() -> None:

@@ -40,10 +40,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -94,7 +95,13 @@ from twistkv.core.replication import (
 )
 from twistkv.core.ring import Ring
 from twistkv.core.versioning import ClockSkewError, HybridLogicalClock, VectorClock
-from twistkv.node.peer import PeerBusy, PeerRefused, PeerTimeout, PeerUnavailable
+from twistkv.node.peer import (
+    BatchAnswers,
+    PeerBusy,
+    PeerRefused,
+    PeerTimeout,
+    PeerUnavailable,
+)
 from twistkv.node.replica import Hint, HintRejected, HintStore, ReplicaStore
 from twistkv.storage.errors import StorageError
 
@@ -513,6 +520,8 @@ def _nack(reason: str, message: str) -> Frame:
 
 #: Frames are immutable and the adapter sends answers under the request's id: one ACK serves.
 _ACK = Frame("ACK", 0)
+#: The (run, index, target) of an item L{Coordinator._write_run} hands to the pool.
+_RUN_ACK_OF = itemgetter(6, 7, 8)
 
 
 def _ack(_: object = None) -> Frame:
@@ -603,7 +612,8 @@ class Coordinator:
         # Bound once: a bound method is an object, and every replica request passes two.
         self._on_write_answer = self._write_answer
         self._on_write_error = self._write_error
-        self._on_run_answer = self._run_answer
+        #: A run's replica answers: one call per PUT_BATCH whose records were all applied.
+        self._on_run_answer = BatchAnswers(self._run_answer, self._run_batch_acked)
         self._on_run_error = self._run_error
         #: The pool's batching put, which runs of writes need (L{_write_run}), and its
         #: put_many when it has one.
@@ -1099,6 +1109,25 @@ class Coordinator:
             self._write_answer(frame, write, target)
             self._expire_write_if_due(write)
         elif frame.verb == "ACK":
+            self._run_acked(((fast, index, target),))
+        else:
+            reason = frame.fields.get("reason", frame.verb.lower())
+            write = self._promote(fast, index)
+            self._write_failed(write, target, f"refused ({reason})")
+            self._expire_write_if_due(write)
+
+    def _run_batch_acked(self, items: Sequence[tuple[Any, ...]]) -> None:
+        """Every record of a C{PUT_BATCH} answer was applied: C{items} as L{_write_run}
+        queued them, counted in one loop."""
+        self._run_acked(map(_RUN_ACK_OF, items))
+
+    def _run_acked(self, acks: Iterable[tuple[_FastRun, int, Replica]]) -> None:
+        """C{(run, index, target)}: C{target} stored write C{index} of C{run}."""
+        for fast, index, target in acks:
+            promoted = fast.promoted
+            if promoted and index in promoted:
+                self._run_answer(_ACK, fast, index, target)
+                continue
             acks = fast.acks[index]
             if acks is None:
                 fast.acks[index] = [target.node]
@@ -1111,11 +1140,6 @@ class Coordinator:
                 fast.open -= 1
                 if not fast.open and fast.timed:
                     self._untrack(fast)
-        else:
-            reason = frame.fields.get("reason", frame.verb.lower())
-            write = self._promote(fast, index)
-            self._write_failed(write, target, f"refused ({reason})")
-            self._expire_write_if_due(write)
 
     def _run_error(self, failure: Failure | BaseException, fast: _FastRun, index: int,
                    target: Replica) -> None:

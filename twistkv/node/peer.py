@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from operator import itemgetter
 from typing import Any, TypeAlias
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
@@ -83,6 +84,7 @@ from twistkv.core.peerwire import (
 )
 
 __all__ = [
+    "BatchAnswers",
     "EndpointFactory",
     "PeerBusy",
     "PeerClientPool",
@@ -302,11 +304,34 @@ _BATCH_ACK = Frame("ACK", 0)
 #: A record awaiting its C{PUT_BATCH}: verb, key, record, timeout, callback, errback, then
 #: the callbacks' extra arguments.
 _BatchItem: TypeAlias = tuple[Any, ...]
+_CALLBACK_OF = itemgetter(4)
 
 
 #: A key awaiting its C{GET_BATCH}: key, timeout, callback, errback, then the callbacks'
 #: extra arguments.
 _GetItem: TypeAlias = tuple[Any, ...]
+
+
+class BatchAnswers:
+    """A L{PeerProtocol.put} callback that can also hear a whole batch's acks in one call.
+
+    A replicated write costs one callback per replica that applies it; with the records of
+    many pipelined writes in one C{PUT_BATCH}, those calls are a visible share of the
+    coordinator's time. When every record of a C{PUT_BATCH} answer was applied and every
+    item of it has this same callback, C{acked(items)} gets the items in one call instead
+    (each C{(verb, key, record, timeout, callback, errback, *args)}, as put). Anything
+    else, refusals included, still calls C{answer(frame, *args)} per item.
+    """
+
+    __slots__ = ("acked", "answer")
+
+    def __init__(self, answer: Callback, acked: Callable[[Sequence[_BatchItem]], object]
+                 ) -> None:
+        self.answer = answer
+        self.acked = acked
+
+    def __call__(self, frame: Frame, *args: object) -> object:
+        return self.answer(frame, *args)
 
 
 def _report(callback: Callback, outcome: object, args: tuple[object, ...]) -> None:
@@ -802,6 +827,16 @@ class PeerProtocol(Protocol):
             self._batch_failed(Failure(PeerRefused(self.label, "PUT_BATCH", error.code,
                                                    error.message)), chunk)
             return
+        if not any(outcomes):
+            callbacks = set(map(_CALLBACK_OF, chunk))
+            if len(callbacks) == 1:
+                (callback,) = callbacks
+                if type(callback) is BatchAnswers:
+                    try:
+                        callback.acked(chunk)
+                    except Exception:
+                        _log.failure("Ack callback for a PUT_BATCH failed")
+                    return
         for item, reason in zip(chunk, outcomes, strict=True):
             answer = (_BATCH_ACK if reason is None
                       else Frame("NACK", frame.request_id, {"reason": reason}))
