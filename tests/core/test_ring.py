@@ -99,6 +99,26 @@ def test_preference_list_of_a_key_matches_a_naive_walk_in_any_memo_state(
         assert ring.preference_list(key, n) == tuple(reference_walk(ring, key_token(key))[:n])
 
 
+@given(memberships, small_vnodes, st.lists(st.binary(max_size=8), min_size=1, max_size=30))
+def test_vnode_of_a_key_is_the_first_vnode_at_or_after_its_token(
+    nodes: set[str], vnodes: int, keys: list[bytes]
+) -> None:
+    """vnode_of names the vnode whose arc holds the key (the first token at or after the
+    key's, wrapping), so keys of one vnode share their preference list, as callers that
+    memoise per vnode rely on."""
+    ring = Ring(nodes, vnodes)
+    tokens = [token for token, _ in ring.vnode_tokens()]
+    by_vnode: dict[int, tuple[str, ...]] = {}
+    for key in keys:
+        vnode = ring.vnode_of(key)
+        token = key_token(key)
+        after = [i for i, t in enumerate(tokens) if t >= token]
+        assert vnode == (after[0] if after else 0)
+        preference = ring.preference_list(key, len(nodes))
+        assert by_vnode.setdefault(vnode, preference) == preference
+    assert Ring((), vnodes).vnode_of(keys[0]) == -1
+
+
 @given(st.lists(node_ids, min_size=1, max_size=8), small_vnodes, st.randoms())
 def test_ring_is_deterministic_across_instances(
     nodes: list[str], vnodes: int, rng: random.Random

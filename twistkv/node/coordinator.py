@@ -626,12 +626,11 @@ class Coordinator:
         self._on_read_run_answer = self._read_run_answer
         self._on_read_run_error = self._read_run_error
         #: The run plans of the ring C{_plans_ring} (L{_run_plan}) by consistency, then by
-        #: successor list; made afresh at most _RUN_PLAN_TTL seconds after C{_plans_since}.
-        self._run_plans: dict[ConsistencyLevel | None,
-                              dict[tuple[str, ...], _RunPlan | None]] = {}
+        #: vnode (L{Ring.vnode_of}); made afresh at most _RUN_PLAN_TTL seconds after
+        #: C{_plans_since}.
+        self._run_plans: dict[ConsistencyLevel | None, dict[int, _RunPlan | None]] = {}
         #: The same for runs of reads (L{_read_plan}), emptied with them.
-        self._read_plans: dict[ConsistencyLevel | None,
-                               dict[tuple[str, ...], _ReadPlan | None]] = {}
+        self._read_plans: dict[ConsistencyLevel | None, dict[int, _ReadPlan | None]] = {}
         self._plans_ring: Ring | None = None
         self._plans_since = 0.0
         #: How this node's own one-version records start (L{_mint}'s byte-level path).
@@ -911,6 +910,7 @@ class Coordinator:
         """
         ring = self._ring()
         everyone = len(ring.nodes)
+        vnode_of = ring.vnode_of
         now = self._reactor.seconds()
         self._check_plans(ring, now)
         plans = self._run_plans.get(consistency)
@@ -935,10 +935,11 @@ class Coordinator:
             if len(key) > MAX_KEY_BYTES:
                 run.settled(index, KeyTooLong(len(key)))
                 continue
-            successors = ring.preference_list(key, everyone)
-            plan = plans.get(successors, _UNSEEN)
+            vnode = vnode_of(key)
+            plan = plans.get(vnode, _UNSEEN)
             if plan is _UNSEEN:
-                plan = plans[successors] = self._run_plan(successors, consistency)
+                plan = plans[vnode] = self._run_plan(ring.preference_list(key, everyone),
+                                                     consistency)
             if plan is None or key in staged:
                 # The general path and the mint read what this node stores: commit first.
                 if staged:
@@ -1699,6 +1700,7 @@ class Coordinator:
         outgoing: dict[str, list[tuple[object, ...]]] = {}
         me = self.node_id
         n = self.n
+        vnode_of = ring.vnode_of
         raw = self.replica.raw
         count = 0
         for index, key in enumerate(keys):
@@ -1708,10 +1710,10 @@ class Coordinator:
             if not key:  # a GET_BATCH carries keys of 1.. bytes: the empty key goes alone
                 self._read_one(run, index, key, consistency)
                 continue
-            preference = ring.preference_list(key, n)
-            plan = plans.get(preference, _UNSEEN)
+            vnode = vnode_of(key)
+            plan = plans.get(vnode, _UNSEEN)
             if plan is _UNSEEN:
-                plan = plans[preference] = self._read_plan(preference, consistency)
+                plan = plans[vnode] = self._read_plan(ring.preference_list(key, n), consistency)
             if plan is None:
                 self._read_one(run, index, key, consistency)
                 continue
