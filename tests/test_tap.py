@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from twisted.python import usage
 
+from twistkv.node.service import open_store
+from twistkv.storage.rocks import RocksStore
 from twistkv.tap import Options
 
 
@@ -80,6 +83,8 @@ def test_options_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--max-value-bytes", "lots"], "--max-value-bytes must be a whole number"),
         (["--max-value-bytes", "0"], "--max-value-bytes must be positive"),
         (["--max-clients", "-3"], "--max-clients must be positive"),
+        (["--row-cache-mb", "-1"], "--row-cache-mb must be 0 or more"),
+        (["--row-cache-mb", "big"], "--row-cache-mb must be a whole number"),
         (["--listen", "carrier-pigeon:7"], "--listen 'carrier-pigeon:7' is not a Twisted endpoint"),
         (["--http", "tcp:notaport"], "--http 'tcp:notaport' is not a Twisted endpoint"),
         (["--seeds", "hostonly"], "seed 'hostonly' is not host:port"),
@@ -90,6 +95,20 @@ def test_bad_options_are_usage_errors(argv: list[str], message: str) -> None:
     """Each malformed option is a one-line UsageError that says what is wrong."""
     with pytest.raises(usage.UsageError, match=message.replace("[", r"\[")):
         parse("--node-id", "n1", *argv) if "--node-id" not in argv else parse(*argv)
+
+
+def test_row_cache_is_set_in_mib_and_reaches_the_store(tmp_path: Path) -> None:
+    """--row-cache-mb sets the RocksDB row cache bound in MiB (default 32, 0 for none),
+    and the store the node opens uses it."""
+    assert parse("--node-id", "n1").config.row_cache_bytes == 32 * 1024 * 1024
+    config = parse("--node-id", "n1", "--row-cache-mb", "0",
+                   "--data-dir", str(tmp_path / "n1")).config
+    assert config.row_cache_bytes == 0
+    store = open_store(replace(config, row_cache_bytes=4096))
+    try:
+        assert isinstance(store, RocksStore) and store._row_limit == 4096
+    finally:
+        store.close()
 
 
 def test_http_can_be_disabled() -> None:

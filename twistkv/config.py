@@ -97,6 +97,8 @@ class NodeConfig:
     #: message (Riak advises < 1 MB objects and caps them at 50 MB).
     max_value_bytes: int = 16 * 1024 * 1024
     max_clients: int = 10_000
+    #: RocksDB's row cache bound (L{twistkv.storage.rocks.RocksStore}); 0 = none.
+    row_cache_bytes: int = 32 * 1024 * 1024
     seeds: tuple[str, ...] = ()
     #: Nodes only talk to peers of the same cluster name (checked in HELLO).
     cluster_name: str = "twistkv"

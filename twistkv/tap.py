@@ -47,6 +47,16 @@ def _positive_int(name: str, text: str) -> int:
     return value
 
 
+def _non_negative_int(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise usage.UsageError(f"--{name} must be a whole number, not {text!r}") from None
+    if value < 0:
+        raise usage.UsageError(f"--{name} must be 0 or more, not {value}")
+    return value
+
+
 def _positive_float(name: str, text: str) -> float:
     try:
         value = float(text)
@@ -122,6 +132,9 @@ class Options(usage.Options):
         ["fsync", None, "always",
          "When writes reach disk: always (ack after WAL fsync, group-committed), "
          "everysec (up to ~1 s of acked writes lost on power failure) or never (OS decides)."],
+        ["row-cache-mb", None, "32",
+         "RocksDB only: MiB of recently read and written records kept in memory, "
+         "answering reads without RocksDB (0: none)."],
         ["max-value-bytes", None, str(16 * 1024 * 1024), "Largest value accepted, in bytes."],
         ["max-clients", None, "10000", "Most simultaneous client connections."],
         ["cluster-name", None, "twistkv",
@@ -190,6 +203,7 @@ class Options(usage.Options):
                 f"--fsync must be one of {', '.join(_FSYNC_CHOICES)}, not {self['fsync']!r}"
             )
         max_value = _positive_int("max-value-bytes", self["max-value-bytes"])
+        row_cache_mb = _non_negative_int("row-cache-mb", self["row-cache-mb"])
         max_clients = _positive_int("max-clients", self["max-clients"])
 
         seeds_text = self["seeds"] if self["seeds"] is not None else env.get("PEERS", "")
@@ -292,6 +306,7 @@ class Options(usage.Options):
             fsync=self["fsync"],
             max_value_bytes=max_value,
             max_clients=max_clients,
+            row_cache_bytes=row_cache_mb * 1024 * 1024,
             seeds=seeds,
             cluster_name=self["cluster-name"],
             cluster_secret=secret,

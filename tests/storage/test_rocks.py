@@ -8,6 +8,7 @@ L{twistkv.storage.rocks} and DESIGN.md section 2 before changing the test.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from rocksdict import Options, Rdict, ReadOptions
 
 from twistkv.storage.errors import (
@@ -25,7 +28,7 @@ from twistkv.storage.errors import (
     StoreLockedError,
     StoreOpenError,
 )
-from twistkv.storage.rocks import RocksStore, _translate
+from twistkv.storage.rocks import _ROW_OVERHEAD, RocksStore, _translate
 
 
 @pytest.fixture
@@ -370,3 +373,130 @@ def test_get_many_reads_staged_ops_first(store: RocksStore) -> None:
     assert store.get_many(keys) == [b"new", None, b"3", None]
     store.flush_staged()
     assert store.get_many(keys) == [b"new", None, b"3", None]
+
+
+# -- the row cache -------------------------------------------------------------------
+
+
+class _CountingReads(_FailingWrites):
+    """A store's Rdict that also counts point and multi-key reads."""
+
+    def __init__(self, db: Rdict) -> None:
+        super().__init__(db)
+        self.reads = 0
+
+    def get(self, key: object) -> object:
+        self.reads += 1
+        return self._db.get(key)
+
+
+def test_row_cache_answers_repeated_reads_and_written_keys_without_rocksdb(
+    store: RocksStore,
+) -> None:
+    """A key written, or read once (found or absent), is read from the row cache after
+    that: RocksDB sees one read per key, however often it is read again, by get or
+    get_many, which asks RocksDB only for the keys the cache lacks."""
+    spy = _CountingReads(store._db)
+    store._db = spy  # type: ignore[assignment]
+    store.write([(b"written", b"w"), (b"deleted", None)])
+    assert (store.get(b"written"), store.get(b"deleted")) == (b"w", None)
+    assert spy.reads == 0
+    assert store.get(b"absent") is None and store.get(b"absent") is None
+    assert spy.reads == 1
+    store._db._db.put(b"behind", b"b")  # type: ignore[attr-defined]
+    assert store.get_many([b"written", b"behind", b"absent", b"other"]) == [
+        b"w", b"b", None, None]
+    assert spy.reads == 2  # one multi-key read for "behind" and "other"
+    assert store.get_many([b"behind", b"other"]) == [b"b", None]
+    assert spy.reads == 2
+
+
+def test_row_cache_is_not_changed_by_a_failed_write(store: RocksStore) -> None:
+    """A write RocksDB refused leaves the cache as RocksDB is: the old value is read."""
+    store.write([(b"k", b"old")])
+    spy = _FailingWrites(store._db)
+    store._db = spy  # type: ignore[assignment]
+    spy.fail = True
+    with pytest.raises(StoreFullError):
+        store.write([(b"k", b"new"), (b"j", b"x")])
+    assert (store.get(b"k"), store.get(b"j")) == (b"old", None)
+
+
+def test_row_cache_stays_within_its_bound(tmp_path: Path) -> None:
+    """Past its byte bound the cache forgets its oldest entries; every read still gets
+    what RocksDB holds."""
+    bound = 4096
+    store = RocksStore(tmp_path / "db", row_cache_bytes=bound)
+    try:
+        for i in range(500):
+            store.write([(b"k%04d" % i, b"v" * (i % 50))])
+            assert store._row_bytes <= bound
+        assert 0 < len(store._rows) < 500
+        assert store.get_many([b"k%04d" % i for i in range(500)]) == [
+            b"v" * (i % 50) for i in range(500)]
+        assert store._row_bytes <= bound
+        assert store._row_bytes == sum(
+            _ROW_OVERHEAD + len(k) + len(v or b"") for k, v in store._rows.items())
+    finally:
+        store.close()
+
+
+def test_row_cache_of_zero_bytes_keeps_nothing(tmp_path: Path) -> None:
+    """row_cache_bytes=0 turns the cache off; a negative bound is refused."""
+    store = RocksStore(tmp_path / "db", row_cache_bytes=0)
+    try:
+        store.write([(b"a", b"1")])
+        assert store.get(b"a") == b"1" and store.get_many([b"a", b"b"]) == [b"1", None]
+        assert store._rows == {}
+    finally:
+        store.close()
+    with pytest.raises(ValueError, match="row_cache_bytes"):
+        RocksStore(tmp_path / "other", row_cache_bytes=-1)
+
+
+_example_dirs = itertools.count()
+_cache_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), st.lists(st.tuples(
+            st.sampled_from([b"a", b"b", b"c", b"d"]),
+            st.one_of(st.none(), st.binary(max_size=40))), max_size=4)),
+        st.tuples(st.just("stage"), st.lists(st.tuples(
+            st.sampled_from([b"a", b"b", b"c", b"d"]),
+            st.one_of(st.none(), st.binary(max_size=40))), max_size=4)),
+        st.tuples(st.just("flush"), st.just([])),
+        st.tuples(st.just("read"), st.just([])),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_cache_ops, bound=st.sampled_from([0, 300, 1 << 20]))
+def test_row_cache_reads_what_rocksdb_holds_after_any_writes(
+    tmp_path: Path, ops: list[tuple[str, list[tuple[bytes, bytes | None]]]], bound: int
+) -> None:
+    """Whatever mix of writes, staged writes and flushes ran, with any cache bound, get
+    and get_many answer what a model of the store holds, and once everything is
+    flushed, what RocksDB itself holds."""
+    path = tmp_path / f"db{next(_example_dirs)}"  # each example starts empty
+    store = RocksStore(path, row_cache_bytes=bound)
+    model: dict[bytes, bytes] = {}
+    keys = [b"a", b"b", b"c", b"d"]
+    try:
+        for kind, batch in ops:
+            if kind in ("write", "stage"):
+                (store.write if kind == "write" else store.stage)(batch)
+                for key, value in batch:
+                    if value is None:
+                        model.pop(key, None)
+                    else:
+                        model[key] = value
+            elif kind == "flush":
+                store.flush_staged()
+            expected = [model.get(key) for key in keys]
+            assert [store.get(key) for key in keys] == expected
+            assert store.get_many(keys) == expected
+        store.flush_staged()
+        assert [store._db.get(key) for key in keys] == [model.get(key) for key in keys]
+    finally:
+        store.close()

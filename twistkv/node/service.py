@@ -45,7 +45,7 @@ def open_store(config: NodeConfig) -> OrderedStore:
         return MemoryStore()
     from twistkv.storage.rocks import RocksStore
 
-    return RocksStore(str(Path(config.data_dir) / "db"))
+    return RocksStore(str(Path(config.data_dir) / "db"), row_cache_bytes=config.row_cache_bytes)
 
 
 def _endpoint_parts(description: str) -> tuple[str | None, int | None]:

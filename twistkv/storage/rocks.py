@@ -27,7 +27,8 @@ C{tests/storage/test_rocks.py}:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import repeat
 
 from rocksdict import (
     BlockBasedOptions,
@@ -74,8 +75,12 @@ _MAX_BATCH = 1024
 
 _MiB = 1024 * 1024
 
-#: L{RocksStore.get}'s marker for a key the staging overlay does not hold.
+#: L{RocksStore.get}'s marker for a key the staging overlay or the row cache does not hold.
 _ABSENT = object()
+
+#: Bytes a row cache entry costs beyond its key and value: two bytes objects' headers and
+#: the dict's slot (measured with sys.getsizeof on CPython 3.11: about 33 + 33 + 40).
+_ROW_OVERHEAD = 106
 
 
 class RocksStore:
@@ -93,6 +98,7 @@ class RocksStore:
         write_buffer_bytes: int = 64 * _MiB,
         block_cache_bytes: int = 128 * _MiB,
         compression: str = "lz4",
+        row_cache_bytes: int = 32 * _MiB,
     ) -> None:
         """Open (creating if needed) the store in C{path}.
 
@@ -101,11 +107,17 @@ class RocksStore:
         @param block_cache_bytes: cache for uncompressed blocks, index and
             bloom filters (filters live in the cache so memory stays bounded).
         @param compression: one of L{COMPRESSION_CHOICES}.
+        @param row_cache_bytes: bound of the row cache (0: none), which keeps recently
+            read and written records, and keys known absent, in a dict: a point read
+            through rocksdict costs 2.6-3.7 us here, a dict lookup 0.4 us, and every
+            SET reads the record it replaces.
         @raise StoreLockedError: another process, or this one, has C{path} open.
         @raise StoreOpenError: C{path} cannot be created or opened.
         @raise StoreCorruptedError: RocksDB found the data dir corrupt.
         """
         self.path: str = os.fspath(path)
+        if row_cache_bytes < 0:
+            raise ValueError(f"row_cache_bytes must be >= 0, not {row_cache_bytes}")
         if compression not in COMPRESSION_CHOICES:
             raise ValueError(
                 f"compression must be one of {', '.join(COMPRESSION_CHOICES)}, not {compression!r}"
@@ -125,6 +137,12 @@ class RocksStore:
         #: Set when a staged batch could not be written: nothing may be synced
         #: (and so acknowledged) after that, since those writes are gone.
         self._stage_error: StorageError | None = None
+        #: The row cache: what RocksDB holds for recently read or written keys (None:
+        #: absent), oldest first, within C{_row_limit} bytes counted by L{_row_cost}. It
+        #: mirrors RocksDB exactly: filled after a read, updated after a write succeeds.
+        self._rows: dict[bytes, bytes | None] = {}
+        self._row_bytes = 0
+        self._row_limit = row_cache_bytes
 
     def get(self, key: bytes) -> bytes | None:
         staged = self._staged
@@ -132,10 +150,15 @@ class RocksStore:
             found = staged.get(key, _ABSENT)
             if found is not _ABSENT:
                 return found  # type: ignore[return-value]
+        found = self._rows.get(key, _ABSENT)
+        if found is not _ABSENT:
+            return found  # type: ignore[return-value]
         try:
             value: bytes | None = self._db.get(key)
         except Exception as exc:
             raise _translate(exc, self.path, "reading") from exc
+        if self._row_limit:
+            self._remember(((key, value),))
         return value
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
@@ -143,11 +166,43 @@ class RocksStore:
             return [self.get(key) for key in keys]  # staged ops answer first, key by key
         if not all(type(key) is bytes for key in keys):
             raise TypeError("store keys must be bytes")
+        values: list[bytes | None] = list(map(self._rows.get, keys, repeat(_ABSENT)))
+        if _ABSENT not in values:
+            return values
+        missing = [index for index, value in enumerate(values) if value is _ABSENT]
         try:
-            values: list[bytes | None] = self._db.get(list(keys))
+            found: list[bytes | None] = self._db.get([keys[index] for index in missing])
         except Exception as exc:
             raise _translate(exc, self.path, "reading") from exc
+        for index, value in zip(missing, found, strict=True):
+            values[index] = value
+        if self._row_limit:
+            self._remember([(keys[index], value) for index, value in zip(missing, found,
+                                                                         strict=True)])
         return values
+
+    def _remember(self, rows: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """Put what RocksDB now holds for these keys in the row cache; past its bound,
+        forget the oldest entries down to half of it (in one pass: O(1) per entry)."""
+        cache = self._rows
+        size = self._row_bytes
+        for key, value in rows:
+            old = cache.pop(key, _ABSENT)
+            if old is not _ABSENT:
+                size -= _row_cost(key, old)  # type: ignore[arg-type]
+            cache[key] = value
+            size += _row_cost(key, value)
+        if size > self._row_limit:
+            target = self._row_limit // 2
+            forgotten = []
+            for old_key, old_value in cache.items():
+                if size <= target:
+                    break
+                size -= _row_cost(old_key, old_value)
+                forgotten.append(old_key)
+            for old_key in forgotten:
+                del cache[old_key]
+        self._row_bytes = size
 
     def write(self, ops: Sequence[WriteOp]) -> None:
         if self._staged_batch is not None:
@@ -162,6 +217,8 @@ class RocksStore:
             self._db.write(batch, self._write_options)
         except Exception as exc:
             raise _translate(exc, self.path, "writing to") from exc
+        if self._row_limit:
+            self._remember(ops)
 
     def stage(self, ops: Sequence[WriteOp]) -> None:
         """Apply C{ops} for this store's reads now; hand them to RocksDB at the next
@@ -211,6 +268,9 @@ class RocksStore:
         except Exception as exc:
             self._stage_error = _translate(exc, self.path, "writing to")  # type: ignore[assignment]
             raise self._stage_error from exc
+        else:
+            if self._row_limit:
+                self._remember(self._staged.items())
         finally:
             self._staged.clear()
 
@@ -344,6 +404,8 @@ class RocksStore:
         if self._closed:
             return
         self._closed = True
+        self._rows.clear()  # reads after close must reach the DB (and fail)
+        self._row_limit = 0
         try:
             self.flush_staged()
             self._db.flush_wal(True)
@@ -353,6 +415,10 @@ class RocksStore:
             raise _translate(exc, self.path, "syncing") from exc
         finally:
             self._db.close()
+
+
+def _row_cost(key: bytes, value: bytes | None) -> int:
+    return _ROW_OVERHEAD + len(key) + (0 if value is None else len(value))
 
 
 def _options(write_buffer_bytes: int, block_cache_bytes: int, compression: str) -> Options:
