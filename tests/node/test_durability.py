@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from twistkv.node.durability import GroupCommitter
+from twistkv.node.durability import GroupCommitter, SyncThread
 from twistkv.storage.errors import (
     StorageError,
     StoreClosedError,
@@ -389,6 +389,32 @@ def test_default_pool_syncs_off_the_reactor_thread_and_stop_joins_it() -> None:
 
     assert outcome(committer.stop()) == [None]
     assert not [t for t in threading.enumerate() if "twistkv-fsync" in t.name]
+
+
+def test_sync_thread_runs_jobs_in_order_in_one_thread_and_reports_failures() -> None:
+    """SyncThread runs queued jobs one after another in its own thread, reports each
+    result or Failure through onResult, and stop() runs what is queued before it ends."""
+    pool = SyncThread("twistkv-fsync-test")
+    pool.start()
+    reports: queue.Queue[tuple[bool, object, int]] = queue.Queue()
+
+    def report(succeeded: bool, result: object) -> None:
+        reports.put((succeeded, result, threading.get_ident()))
+
+    def boom() -> None:
+        raise ZeroDivisionError("disk on fire")
+
+    pool.callInThreadWithCallback(report, lambda: "first")
+    pool.callInThreadWithCallback(report, boom)
+    pool.callInThreadWithCallback(report, lambda: "third")
+    pool.stop()
+    first, failed, third = (reports.get(timeout=30) for _ in range(3))  # hang guards
+    assert (first[:2], third[:2]) == ((True, "first"), (True, "third"))
+    assert failed[0] is False and isinstance(failed[1], Failure)
+    assert failed[1].check(ZeroDivisionError)
+    assert len({first[2], failed[2], third[2]}) == 1 and first[2] != threading.get_ident()
+    assert not pool.started
+    assert not [t for t in threading.enumerate() if t.name == "twistkv-fsync-test"]
 
 
 # -- staging stores and pipelining -----------------------------------------------
