@@ -41,7 +41,7 @@ from twistkv.node.coordinator import (
     ReadResult,
 )
 from twistkv.node.durability import GroupCommitter
-from twistkv.node.peer import PeerTimeout, PeerUnavailable
+from twistkv.node.peer import PeerTimeout, PeerUnavailable, report_put_outcomes
 from twistkv.node.replica import HintStore, ReplicaStore
 from twistkv.storage.interface import FsyncPolicy
 from twistkv.storage.memory import MemoryStore
@@ -149,13 +149,43 @@ class _Pool:
 
 
 class _BatchingPool(_Pool):
-    """A pool with put() (as PeerClientPool has), so that put_run takes its run path."""
+    """A pool with put() and put_many() (as PeerClientPool has), so that put_run takes its
+    run path: put_many's records travel in real PUT_BATCH frames to the peer's handle(),
+    and their outcomes are reported as a connection reports them (report_put_outcomes:
+    one acked() call for an all-applied batch)."""
 
     def put(self, address: str, verb: str, key: bytes, record: bytes, timeout: float | None,
             callback: Callable[..., object], errback: Callable[..., object],
             *args: object) -> None:
         self.request(address, Frame(verb, 0, {"key": quote(key)}, record), timeout).addCallbacks(
             callback, errback, callbackArgs=args, errbackArgs=args)
+
+    def put_many(self, address: str, items: list[tuple[object, ...]]) -> None:
+        if not all(item[1] for item in items):  # as PeerProtocol.put_many: "" goes alone
+            for item in items:
+                self.put(address, *item)  # type: ignore[arg-type]
+            return
+        start = 0
+        for frame, count in put_batch_frames(items):
+            chunk = items[start:start + count]
+            start += count
+            timeout = min(float(item[3]) for item in chunk)  # type: ignore[arg-type]
+            self.request(address, frame, timeout).addCallbacks(
+                self._batch_answered, self._batch_failed, callbackArgs=(chunk,),
+                errbackArgs=(chunk,))
+
+    @staticmethod
+    def _batch_answered(frame: Frame, chunk: list[tuple[object, ...]]) -> None:
+        if frame.verb != "VAL":
+            for item in chunk:
+                item[4](frame, *item[6:])  # type: ignore[operator]
+            return
+        report_put_outcomes(chunk, parse_batch_outcomes(frame, len(chunk)))
+
+    @staticmethod
+    def _batch_failed(failure: Failure, chunk: list[tuple[object, ...]]) -> None:
+        for item in chunk:
+            item[5](failure, *item[6:])  # type: ignore[operator]
 
 
 class _ReadingPool(_BatchingPool):
@@ -1037,6 +1067,31 @@ def test_get_run_run_path_answers_and_repairs_what_the_general_path_does(
     assert isinstance(values, list)
     assert values[:10] == [b"v%d" % i for i in range(10)] or fault != "none"
     assert values[-1].startswith("KeyTooLong")
+
+
+def test_runs_follow_a_ring_change_within_the_plan_window(clock: Clock) -> None:
+    """Run plans are kept per vnode of one ring: a new ring (a node joined) is used by the
+    next run at once, even well inside the plan's lifetime, for writes and reads."""
+    net = Net(clock, ["n1", "n2", "n3", "n4"], batching=True)
+    net.ring = Ring(["n1", "n2", "n3"], VNODES)
+    keys = [b"key-%d" % i for i in range(40)]
+    first = outcome(net["n1"].put_run([(key, b"old") for key in keys]))
+    net.run(0.01)
+    assert first == [None]
+    assert all(net.stored("n4", key) == [] for key in keys)
+    net.ring = Ring(["n1", "n2", "n3", "n4"], VNODES)  # 0.01 s later: same plan window
+    moved = [key for key in keys if "n4" in net.ring.preference_list(key, 3)]
+    assert moved
+    done = outcome(net["n1"].put_run([(key, b"new") for key in keys]))
+    net.run(0.01)
+    assert done == [None]
+    assert all(net.stored("n4", key) == [b"new"] for key in moved)
+    net.ring = Ring(["n1", "n2", "n4"], VNODES)  # n3 left: n4 now serves its keys alone
+    read = outcome(net["n1"].get_run(moved, ConsistencyLevel.ALL).addCallback(list))
+    net.run(0.01)
+    assert read == [[b"new"] * len(moved)]
+    assert not [frame for source, target, frame in net.sent if target == "n3"
+                and frame.verb == "GET_BATCH"]
 
 
 def test_get_run_answers_from_identical_replies_without_repairs(net3: Net, clock: Clock) -> None:

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
@@ -46,6 +47,7 @@ from twistkv.node.peer import (
     PeerUnavailable,
     RequestHandler,
     VerbRouter,
+    report_put_outcomes,
     split_address,
 )
 
@@ -882,6 +884,30 @@ def test_batch_answers_hears_an_all_applied_put_batch_in_one_call() -> None:
     pair.flush()
     assert acked == [["a", "b"]] and answered == [("d", "ACK")] and plain == ["e"]
     assert len(replica.frames) == 3
+
+
+def test_report_put_outcomes_logs_a_failing_acked_and_still_reports_per_record() -> None:
+    """report_put_outcomes (what a connection does with a PUT_BATCH answer) logs an
+    acked() that raises instead of letting it escape, and reports a batch with a refusal
+    one record at a time, NACK reasons included."""
+    answered: list[tuple[str, str]] = []
+
+    def broken(items: object) -> None:
+        raise ValueError("acked bug")
+
+    grouped = BatchAnswers(lambda frame, tag: answered.append((tag, frame.verb)), broken)
+    chunk = [("PUT", b"a", b"r", 5.0, grouped, no_handler, "a"),
+             ("PUT", b"b", b"r", 5.0, grouped, no_handler, "b")]
+    logged: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        report_put_outcomes(chunk, [None, None])
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert [str(event["log_failure"].value) for event in logged  # type: ignore[attr-defined]
+            if "log_failure" in event] == ["acked bug"]
+    report_put_outcomes(chunk, [None, "overloaded"])
+    assert answered == [("a", "ACK"), ("b", "NACK")]
 
 
 def test_records_put_by_a_failing_batchs_callbacks_still_leave() -> None:

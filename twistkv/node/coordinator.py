@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -520,8 +520,11 @@ def _nack(reason: str, message: str) -> Frame:
 
 #: Frames are immutable and the adapter sends answers under the request's id: one ACK serves.
 _ACK = Frame("ACK", 0)
-#: The (run, index, target) of an item L{Coordinator._write_run} hands to the pool.
+#: The (run, index, target) of an item L{Coordinator._write_run} hands to the pool: keep
+#: in step with the tuple it builds ("PUT", key, record, timeout, answer, error, run,
+#: index, target).
 _RUN_ACK_OF = itemgetter(6, 7, 8)
+_P = TypeVar("_P")
 
 
 def _ack(_: object = None) -> Frame:
@@ -625,12 +628,17 @@ class Coordinator:
             pool, "get_many", None)
         self._on_read_run_answer = self._read_run_answer
         self._on_read_run_error = self._read_run_error
-        #: The run plans of the ring C{_plans_ring} (L{_run_plan}) by consistency, then by
-        #: vnode (L{Ring.vnode_of}); made afresh at most _RUN_PLAN_TTL seconds after
-        #: C{_plans_since}.
-        self._run_plans: dict[ConsistencyLevel | None, dict[int, _RunPlan | None]] = {}
+        #: The run plans of the ring C{_plans_ring} (L{_run_plan}) by consistency: one dict
+        #: by vnode (L{Ring.vnode_of}: what each write looks up) and one by preference list
+        #: (so each distinct list is planned once, however many vnodes share it); made
+        #: afresh at most _RUN_PLAN_TTL seconds after C{_plans_since}.
+        self._run_plans: dict[ConsistencyLevel | None, tuple[dict[int, _RunPlan | None],
+                                                             dict[tuple[str, ...],
+                                                                  _RunPlan | None]]] = {}
         #: The same for runs of reads (L{_read_plan}), emptied with them.
-        self._read_plans: dict[ConsistencyLevel | None, dict[int, _ReadPlan | None]] = {}
+        self._read_plans: dict[ConsistencyLevel | None, tuple[dict[int, _ReadPlan | None],
+                                                              dict[tuple[str, ...],
+                                                                   _ReadPlan | None]]] = {}
         self._plans_ring: Ring | None = None
         self._plans_since = 0.0
         #: How this node's own one-version records start (L{_mint}'s byte-level path).
@@ -889,6 +897,17 @@ class Coordinator:
         return _RunPlan(preference, fallbacks, coordinated, slots, required, slots.get(me),
                         tuple(remote), timeout)
 
+    @staticmethod
+    def _plans_of(by_consistency: dict[ConsistencyLevel | None, tuple[dict[int, _P],
+                                                                     dict[tuple[str, ...], _P]]],
+                  consistency: ConsistencyLevel | None,
+                  ) -> tuple[dict[int, _P], dict[tuple[str, ...], _P]]:
+        """The plans by vnode and by preference list for C{consistency}, made if missing."""
+        plans = by_consistency.get(consistency)
+        if plans is None:
+            plans = by_consistency[consistency] = ({}, {})
+        return plans
+
     def _check_plans(self, ring: Ring, now: float) -> None:
         """Forget the run plans when the ring changed or they are older than _RUN_PLAN_TTL."""
         if ring is not self._plans_ring or now - self._plans_since > _RUN_PLAN_TTL:
@@ -913,9 +932,7 @@ class Coordinator:
         vnode_of = ring.vnode_of
         now = self._reactor.seconds()
         self._check_plans(ring, now)
-        plans = self._run_plans.get(consistency)
-        if plans is None:
-            plans = self._run_plans[consistency] = {}
+        plans, planned = self._plans_of(self._run_plans, consistency)
         deadline = now + self.request_timeout
         wall = int(now * 1000)  # now_ms(), read once: the writes of a run arrived together
         fast = _FastRun(next(self._ids), run, deadline)
@@ -938,8 +955,11 @@ class Coordinator:
             vnode = vnode_of(key)
             plan = plans.get(vnode, _UNSEEN)
             if plan is _UNSEEN:
-                plan = plans[vnode] = self._run_plan(ring.preference_list(key, everyone),
-                                                     consistency)
+                successors = ring.preference_list(key, everyone)
+                plan = planned.get(successors, _UNSEEN)
+                if plan is _UNSEEN:
+                    plan = planned[successors] = self._run_plan(successors, consistency)
+                plans[vnode] = plan
             if plan is None or key in staged:
                 # The general path and the mint read what this node stores: commit first.
                 if staged:
@@ -1068,8 +1088,8 @@ class Coordinator:
             waits.append(([index], wait))
 
     def _run_local_acked(self, _: object, fast: _FastRun, indexes: Sequence[int]) -> None:
-        """This node's copies of writes C{indexes} are stored: one ack each (L{_run_answer}'s
-        ACK branch, in one loop: this runs for every write of a run)."""
+        """This node's copies of writes C{indexes} are stored: one ack each (L{_run_acked}
+        for this node, in one loop: this runs for every write of a run)."""
         promoted = fast.promoted
         node = self.node_id
         need, acks = fast.need, fast.acks
@@ -1129,11 +1149,11 @@ class Coordinator:
             if promoted and index in promoted:
                 self._run_answer(_ACK, fast, index, target)
                 continue
-            acks = fast.acks[index]
-            if acks is None:
+            held = fast.acks[index]
+            if held is None:
                 fast.acks[index] = [target.node]
             else:
-                acks.append(target.node)
+                held.append(target.node)
             left = fast.need[index] - 1
             fast.need[index] = left
             if left == 0:
@@ -1691,9 +1711,7 @@ class Coordinator:
         ring = self._ring()
         now = self._reactor.seconds()
         self._check_plans(ring, now)
-        plans = self._read_plans.get(consistency)
-        if plans is None:
-            plans = self._read_plans[consistency] = {}
+        plans, planned = self._plans_of(self._read_plans, consistency)
         deadline = now + self.request_timeout
         fast = _FastRead(next(self._ids), run, deadline, len(keys))
         answer, error = self._on_read_run_answer, self._on_read_run_error
@@ -1713,7 +1731,11 @@ class Coordinator:
             vnode = vnode_of(key)
             plan = plans.get(vnode, _UNSEEN)
             if plan is _UNSEEN:
-                plan = plans[vnode] = self._read_plan(ring.preference_list(key, n), consistency)
+                preference = ring.preference_list(key, n)
+                plan = planned.get(preference, _UNSEEN)
+                if plan is _UNSEEN:
+                    plan = planned[preference] = self._read_plan(preference, consistency)
+                plans[vnode] = plan
             if plan is None:
                 self._read_one(run, index, key, consistency)
                 continue

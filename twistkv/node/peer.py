@@ -34,7 +34,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from operator import itemgetter
 from typing import Any, TypeAlias
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
@@ -97,6 +96,7 @@ __all__ = [
     "PeerUnavailable",
     "RequestHandler",
     "VerbRouter",
+    "report_put_outcomes",
     "hostname_endpoint_factory",
     "split_address",
 ]
@@ -304,7 +304,6 @@ _BATCH_ACK = Frame("ACK", 0)
 #: A record awaiting its C{PUT_BATCH}: verb, key, record, timeout, callback, errback, then
 #: the callbacks' extra arguments.
 _BatchItem: TypeAlias = tuple[Any, ...]
-_CALLBACK_OF = itemgetter(4)
 
 
 #: A key awaiting its C{GET_BATCH}: key, timeout, callback, errback, then the callbacks'
@@ -332,6 +331,31 @@ class BatchAnswers:
 
     def __call__(self, frame: Frame, *args: object) -> object:
         return self.answer(frame, *args)
+
+
+def report_put_outcomes(chunk: Sequence[_BatchItem], outcomes: Sequence[str | None],
+                        request_id: int = 0) -> None:
+    """Tell each item of a C{PUT_BATCH} its record's outcome (None: applied, else the
+    C{NACK} reason), as L{PeerProtocol.put} promises: one C{acked(chunk)} call when every
+    record was applied and every item has the same L{BatchAnswers}, else one callback per
+    item with an C{ACK} or C{NACK} frame. A callback that raises is logged and the others
+    still run. (Public so that test pools report batches exactly as a connection does.)
+    """
+    first = chunk[0][4] if chunk else None
+    if type(first) is BatchAnswers and not any(outcomes) and all(
+            [item[4] is first for item in chunk]):
+        try:
+            first.acked(chunk)
+        except Exception:
+            _log.failure("Ack callback for a PUT_BATCH failed")
+        return
+    for item, reason in zip(chunk, outcomes, strict=True):
+        answer = (_BATCH_ACK if reason is None
+                  else Frame("NACK", request_id, {"reason": reason}))
+        try:  # _report, inlined: this loop runs once per replicated write
+            item[4](answer, *item[6:])
+        except Exception:
+            _log.failure("Answer callback for a PUT_BATCH record failed")
 
 
 def _report(callback: Callback, outcome: object, args: tuple[object, ...]) -> None:
@@ -827,23 +851,7 @@ class PeerProtocol(Protocol):
             self._batch_failed(Failure(PeerRefused(self.label, "PUT_BATCH", error.code,
                                                    error.message)), chunk)
             return
-        if not any(outcomes):
-            callbacks = set(map(_CALLBACK_OF, chunk))
-            if len(callbacks) == 1:
-                (callback,) = callbacks
-                if type(callback) is BatchAnswers:
-                    try:
-                        callback.acked(chunk)
-                    except Exception:
-                        _log.failure("Ack callback for a PUT_BATCH failed")
-                    return
-        for item, reason in zip(chunk, outcomes, strict=True):
-            answer = (_BATCH_ACK if reason is None
-                      else Frame("NACK", frame.request_id, {"reason": reason}))
-            try:  # _report, inlined: this loop runs once per replicated write
-                item[4](answer, *item[6:])
-            except Exception:
-                _log.failure("Answer callback for a PUT_BATCH record failed")
+        report_put_outcomes(chunk, outcomes, frame.request_id)
 
     def _batch_failed(self, failure: Failure, chunk: list[_BatchItem]) -> None:
         for item in chunk:
