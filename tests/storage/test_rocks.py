@@ -22,6 +22,7 @@ from rocksdict import Options, Rdict, ReadOptions
 
 from twistkv.storage.errors import (
     StorageError,
+    StoreClosedError,
     StoreCorruptedError,
     StoreFullError,
     StoreIOError,
@@ -420,6 +421,48 @@ def test_row_cache_is_not_changed_by_a_failed_write(store: RocksStore) -> None:
     with pytest.raises(StoreFullError):
         store.write([(b"k", b"new"), (b"j", b"x")])
     assert (store.get(b"k"), store.get(b"j")) == (b"old", None)
+
+
+def test_row_cache_after_a_failed_flush_and_after_close(store: RocksStore) -> None:
+    """A cached key staged anew whose flush fails reads its old value again (what RocksDB
+    holds); after close() even a cached key is refused, as every read of a closed store."""
+    store.write([(b"k", b"old")])
+    assert store.get(b"k") == b"old"
+    spy = _FailingWrites(store._db)
+    store._db = spy  # type: ignore[assignment]
+    store.stage([(b"k", b"staged")])
+    assert store.get(b"k") == b"staged"
+    spy.fail = True
+    with pytest.raises(StoreFullError):
+        store.flush_staged()
+    assert store.get(b"k") == b"old" and store.get_many([b"k"]) == [b"old"]
+    store._db = spy._db  # type: ignore[assignment]
+    store._stage_error = None  # (only to close cleanly: the store stays failed in real use)
+    store.close()
+    with pytest.raises(StoreClosedError):
+        store.get(b"k")
+    with pytest.raises(StoreClosedError):
+        store.get_many([b"k"])
+
+
+def test_row_cache_keeps_neither_a_batch_past_its_bound_nor_a_large_value(
+    tmp_path: Path,
+) -> None:
+    """One write larger than the whole bound leaves the cache within it; a value costing
+    over an eighth of the bound is not cached, and writing one forgets the key's old
+    entry, so the cache never answers for it with stale bytes."""
+    bound = 8192
+    store = RocksStore(tmp_path / "db", row_cache_bytes=bound)
+    try:
+        store.write([(b"k%05d" % i, b"v" * 20) for i in range(2000)])
+        assert 0 < store._row_bytes <= bound
+        store.write([(b"small", b"s")])
+        assert b"small" in store._rows
+        store.write([(b"small", b"L" * 2000)])
+        assert b"small" not in store._rows and store.get(b"small") == b"L" * 2000
+        assert b"small" not in store._rows
+    finally:
+        store.close()
 
 
 def test_row_cache_stays_within_its_bound(tmp_path: Path) -> None:
