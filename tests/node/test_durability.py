@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from twistkv.node.durability import GroupCommitter, SyncThread
@@ -415,6 +416,32 @@ def test_sync_thread_runs_jobs_in_order_in_one_thread_and_reports_failures() -> 
     assert len({first[2], failed[2], third[2]}) == 1 and first[2] != threading.get_ident()
     assert not pool.started
     assert not [t for t in threading.enumerate() if t.name == "twistkv-fsync-test"]
+
+
+def test_sync_thread_outlives_a_failing_result_callback_and_refuses_a_second_start() -> None:
+    """A result callback that raises is logged and the thread goes on with the next job
+    (else every later sync would wait for ever); starting a running thread is refused."""
+    pool = SyncThread("twistkv-fsync-test")
+    pool.start()
+    with pytest.raises(RuntimeError, match="already running"):
+        pool.start()
+    reports: queue.Queue[object] = queue.Queue()
+
+    def broken(succeeded: bool, result: object) -> None:
+        raise ValueError("callback bug")
+
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        pool.callInThreadWithCallback(broken, lambda: "first")
+        pool.callInThreadWithCallback(lambda succeeded, result: reports.put(result),
+                                      lambda: "next")
+        pool.stop()
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert reports.get(timeout=30) == "next"  # a hang guard, not a timing verdict
+    failures = [event["log_failure"] for event in logged if "log_failure" in event]
+    assert [str(failure.value) for failure in failures] == ["callback bug"]
 
 
 # -- staging stores and pipelining -----------------------------------------------
