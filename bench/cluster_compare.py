@@ -301,12 +301,14 @@ def profile_set(py_spy: str, redis_benchmark: str, node: Server, seconds: float,
         if bench.poll() is None:
             bench.kill()
         bench.wait()
-    # Idle pool threads blocked in Queue.get can be sampled as busy; keep the working threads.
+    # Idle threads blocked waiting for work can be sampled as busy: Twisted pool threads in
+    # Queue.get, and the group-commit SyncThread with nothing above its _work loop.
     busy = out.with_name(out.stem + "-busy.txt")
     try:
         busy.write_text("".join(
             line for line in out.read_text(errors="replace").splitlines(keepends=True)
-            if not ("_threadworker.py" in line and "Condition.wait" in line)))
+            if not ("_threadworker.py" in line and "Condition.wait" in line)
+            and not line.rpartition(" ")[0].rpartition(";")[2].startswith("SyncThread._work")))
     except OSError:
         return []
     return rc.summarise_raw_profile(busy, top=15)
