@@ -283,18 +283,18 @@ def encode_single_writer(block: bytes, value: bytes, hlc: int, expires_at_ms: in
     """Encode the one-version record C{Version(value, ((node, hlc),), hlc, node,
     expires_at_ms)} directly: the node's clock entry is its HLC timestamp, which is
     strictly increasing per node and so descends every earlier write of that node."""
-    return b"".join((
-        _SINGLE_HEAD.pack(1, 1, 0, hlc, expires_at_ms),
-        block,
-        _SINGLE_TAIL.pack(hlc, len(value)),
-        value,
-    ))
+    layout = _SINGLE_LAYOUTS.get(len(block))
+    if layout is None:
+        layout = _SINGLE_LAYOUTS[len(block)] = struct.Struct(f">BHBQQ{len(block)}sQI")
+    # One pack for everything before the value: head, block and tail (by block length).
+    return layout.pack(1, 1, 0, hlc, expires_at_ms, block, hlc, len(value)) + value
 
 
-#: Format byte, version count (1), flags, HLC and expiry: what precedes a single-writer block.
-_SINGLE_HEAD = struct.Struct(">BHBQQ")
 #: The counter and value length that follow a single-writer block.
 _SINGLE_TAIL = struct.Struct(">QI")
+#: Block length -> the struct of head, block and tail (L{encode_single_writer}); a node
+#: has one block, so this holds one entry or a few.
+_SINGLE_LAYOUTS: dict[int, struct.Struct] = {}
 #: Defaults of the Version fields after C{tombstone}, for building one without C{__new__}.
 _VERSION_REST = tuple(Version._field_defaults[f] for f in Version._fields[6:])
 

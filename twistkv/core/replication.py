@@ -398,8 +398,6 @@ def next_stand_in(
 # compared on its bytes (the layout of twistkv.core.record): the coordinator and the replicas
 # then skip decode, merge and encode on the write path. Anything else takes the general path.
 
-_SOLE_HEAD = struct.Struct(">BHBQQ")  # format 1, one version, flags, hlc, expires_at_ms
-_SOLE_TAIL = struct.Struct(">QI")  # the clock's one counter, value length
 _BLOCK_AT = 20  # where the writer's str8 starts
 #: Writer name length -> the struct of a sole writer's record up to its value: the head, the
 #: writer block (name, then the clock's one entry: count 1 and the same name) and the tail.
@@ -503,5 +501,8 @@ def encode_sole_writer(
 ) -> bytes:
     """C{encode_record} of the one version C{Version(value, ((node, counter),), hlc, node,
     expires_at_ms, tombstone)}, node being the writer of C{block}."""
-    return b"".join((_SOLE_HEAD.pack(1, 1, 1 if tombstone else 0, hlc, expires_at_ms), block,
-                     _SOLE_TAIL.pack(counter, len(value)), value))
+    name_length = (len(block) - 4) // 2
+    layout = _SOLE_LAYOUTS.get(name_length) or _sole_layout(name_length)
+    # One pack for everything before the value (the layout by name length, cached).
+    return layout.pack(1, 1, 1 if tombstone else 0, hlc, expires_at_ms, block, counter,
+                       len(value)) + value
