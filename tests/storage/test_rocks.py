@@ -498,13 +498,15 @@ def test_row_cache_of_zero_bytes_keeps_nothing(tmp_path: Path) -> None:
 
 
 _example_dirs = itertools.count()
+#: Twelve keys: with entries up to an eighth of a bound, enough to pass it and evict.
+_CACHE_KEYS = [bytes([c]) for c in b"abcdefghijkl"]
 _cache_ops = st.lists(
     st.one_of(
         st.tuples(st.just("write"), st.lists(st.tuples(
-            st.sampled_from([b"a", b"b", b"c", b"d"]),
+            st.sampled_from(_CACHE_KEYS),
             st.one_of(st.none(), st.binary(max_size=40))), max_size=4)),
         st.tuples(st.just("stage"), st.lists(st.tuples(
-            st.sampled_from([b"a", b"b", b"c", b"d"]),
+            st.sampled_from(_CACHE_KEYS),
             st.one_of(st.none(), st.binary(max_size=40))), max_size=4)),
         st.tuples(st.just("flush"), st.just([])),
         st.tuples(st.just("read"), st.just([])),
@@ -514,17 +516,18 @@ _cache_ops = st.lists(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=_cache_ops, bound=st.sampled_from([0, 300, 1 << 20]))
+@given(ops=_cache_ops, bound=st.sampled_from([0, 300, 1400, 1 << 20]))
 def test_row_cache_reads_what_rocksdb_holds_after_any_writes(
     tmp_path: Path, ops: list[tuple[str, list[tuple[bytes, bytes | None]]]], bound: int
 ) -> None:
     """Whatever mix of writes, staged writes and flushes ran, with any cache bound, get
-    and get_many answer what a model of the store holds, and once everything is
-    flushed, what RocksDB itself holds."""
+    and get_many answer what a model of the store holds (and once everything is
+    flushed, what RocksDB itself holds), and the cache's byte count is exact and within
+    its bound."""
     path = tmp_path / f"db{next(_example_dirs)}"  # each example starts empty
     store = RocksStore(path, row_cache_bytes=bound)
     model: dict[bytes, bytes] = {}
-    keys = [b"a", b"b", b"c", b"d"]
+    keys = _CACHE_KEYS
     try:
         for kind, batch in ops:
             if kind in ("write", "stage"):
@@ -539,6 +542,9 @@ def test_row_cache_reads_what_rocksdb_holds_after_any_writes(
             expected = [model.get(key) for key in keys]
             assert [store.get(key) for key in keys] == expected
             assert store.get_many(keys) == expected
+            assert store._row_bytes == sum(
+                _ROW_OVERHEAD + len(k) + len(v or b"") for k, v in store._rows.items())
+            assert store._row_bytes <= bound
         store.flush_staged()
         assert [store._db.get(key) for key in keys] == [model.get(key) for key in keys]
     finally:
