@@ -2055,8 +2055,12 @@ class Coordinator:
             staged.clear()
             staged_indexes.clear()
 
+        deletes = [entry[0] for entry in entries].count("DEL")  # the others are PUTs
+        if deletes:
+            served["DEL"] = served.get("DEL", 0) + deletes
+        if deletes < len(entries):
+            served["PUT"] = served.get("PUT", 0) + len(entries) - deletes
         for index, (verb, key, payload) in enumerate(entries):
-            served[verb] = served.get(verb, 0) + 1
             if payload and (verb != "DEL" or payload[3:4] == b"\x01"):
                 stored = staged.get(key)
                 if stored is None:
