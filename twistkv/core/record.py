@@ -283,11 +283,19 @@ def encode_single_writer(block: bytes, value: bytes, hlc: int, expires_at_ms: in
     """Encode the one-version record C{Version(value, ((node, hlc),), hlc, node,
     expires_at_ms)} directly: the node's clock entry is its HLC timestamp, which is
     strictly increasing per node and so descends every earlier write of that node."""
-    layout = _SINGLE_LAYOUTS.get(len(block))
-    if layout is None:
-        layout = _SINGLE_LAYOUTS[len(block)] = struct.Struct(f">BHBQQ{len(block)}sQI")
+    layout = _SINGLE_LAYOUTS.get(len(block)) or single_writer_layout(len(block))
     # One pack for everything before the value: head, block and tail (by block length).
     return layout.pack(1, 1, 0, hlc, expires_at_ms, block, hlc, len(value)) + value
+
+
+def single_writer_layout(block_length: int) -> struct.Struct:
+    """The struct of a one-version record up to its value, for a writer block of
+    C{block_length} bytes: format byte, version count, flags, HLC, expiry, the block, the
+    clock's one counter and the value length (cached per length)."""
+    layout = _SINGLE_LAYOUTS.get(block_length)
+    if layout is None:
+        layout = _SINGLE_LAYOUTS[block_length] = struct.Struct(f">BHBQQ{block_length}sQI")
+    return layout
 
 
 #: The counter and value length that follow a single-writer block.

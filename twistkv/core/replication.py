@@ -65,7 +65,7 @@ from typing import Any
 
 from twistkv.core.counter import INT64_MAX, INT64_MIN, CounterOverflow, PNCounter, parse_int64
 from twistkv.core.quorum import ConsistencyLevel, Replica
-from twistkv.core.record import Record, Version, live_value
+from twistkv.core.record import Record, Version, live_value, single_writer_layout
 from twistkv.core.versioning import VectorClock, hlc_physical_ms, reconcile, stale
 
 __all__ = [
@@ -407,9 +407,8 @@ _SOLE_LAYOUTS: dict[int, struct.Struct] = {}
 
 def _sole_layout(name_length: int) -> struct.Struct:
     layout = _SOLE_LAYOUTS.get(name_length)
-    if layout is None:
-        layout = _SOLE_LAYOUTS[name_length] = struct.Struct(
-            f">BHBQQ{2 * name_length + 4}sQI")
+    if layout is None:  # the writer block: two str8 names and a u16 count
+        layout = _SOLE_LAYOUTS[name_length] = single_writer_layout(2 * name_length + 4)
     return layout
 
 
