@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 
 from twistkv.core.resp import encode
 from twistkv.node.commands import NodeContext
@@ -536,3 +537,114 @@ def test_mget_in_a_cluster_reads_its_keys_as_one_run(context: NodeContext) -> No
     replicated.runs[1][1].callback([first, second])
     (error,) = replies(transport)
     assert isinstance(error, hiredis.ReplyError) and "reached 0 of 2" in str(error)
+
+
+# -- replies written at the end of the reactor turn (ReplyFlusher) ---------------------
+
+
+def connect_flushed(
+    context: NodeContext, clock: Clock, count: int
+) -> list[tuple[RespProtocol, StringTransport]]:
+    """C{count} clients of one factory whose replies wait for the end of the turn."""
+    factory = RespFactory(context, clock)
+    pairs = []
+    for _ in range(count):
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        pairs.append((protocol, transport))
+    return pairs
+
+
+def test_replies_of_a_turn_are_held_until_it_ends(context: NodeContext, clock: Clock) -> None:
+    """With several clients connected, replies ready during a turn are written together when
+    it ends: nothing before, every client's replies in order after, one timer per turn."""
+    (first, first_wire), (second, second_wire) = connect_flushed(context, clock, 2)
+    first.dataReceived(b"PING\r\n")
+    second.dataReceived(b"ECHO a\r\nECHO b\r\n")
+    first.dataReceived(b"ECHO c\r\n")
+    assert first_wire.value() == second_wire.value() == b""
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert first_wire.value() == b"+PONG\r\n$1\r\nc\r\n"
+    assert second_wire.value() == b"$1\r\na\r\n$1\r\nb\r\n"
+    assert clock.getDelayedCalls() == []
+    first.dataReceived(b"PING\r\n")  # the next turn holds again
+    assert first_wire.value() == b"+PONG\r\n$1\r\nc\r\n"
+    clock.advance(0)
+    assert first_wire.value().endswith(b"$1\r\nc\r\n+PONG\r\n")
+
+
+def test_a_lone_client_is_answered_at_once(context: NodeContext, clock: Clock) -> None:
+    """A single connected client has nobody to share a wake-up with: no reply waits."""
+    ((protocol, transport),) = connect_flushed(context, clock, 1)
+    protocol.dataReceived(b"PING\r\n")
+    assert transport.value() == b"+PONG\r\n"
+    assert clock.getDelayedCalls() == []
+
+
+def test_held_replies_keep_order_with_replies_that_waited(
+    context: NodeContext, clock: Clock
+) -> None:
+    """Replies that waited for a group commit join those held in the same turn behind the
+    ones before them: one pipelined client sees SET, GET and PING answered in order."""
+    (protocol, transport), _ = connect_flushed(context, clock, 2)
+    protocol.dataReceived(b"ECHO first\r\n")  # held
+    protocol.dataReceived(b"SET k v\r\nGET k\r\nPING\r\n")  # SET waits for its sync
+    assert transport.value() == b""
+    clock.advance(0)
+    assert replies(transport) == [b"first", b"OK", b"v", b"PONG"]
+
+
+def test_quit_writes_held_replies_before_closing(context: NodeContext, clock: Clock) -> None:
+    """QUIT answers +OK after the replies before it and closes only once they are written."""
+    (protocol, transport), _ = connect_flushed(context, clock, 2)
+    protocol.dataReceived(b"PING\r\nQUIT\r\n")
+    assert transport.value() == b"+PONG\r\n+OK\r\n"
+    assert transport.disconnecting
+
+
+def test_a_lost_connection_drops_its_held_replies(context: NodeContext, clock: Clock) -> None:
+    """Replies held for a client that went away are dropped; the others are still written."""
+    (gone, gone_wire), (kept, kept_wire) = connect_flushed(context, clock, 2)
+    gone.dataReceived(b"PING\r\n")
+    kept.dataReceived(b"PING\r\n")
+    gone.connectionLost(None)
+    clock.advance(0)
+    assert gone_wire.value() == b""
+    assert kept_wire.value() == b"+PONG\r\n"
+
+
+def test_one_failing_write_does_not_stall_the_others(context: NodeContext, clock: Clock) -> None:
+    """A connection whose write raises is logged; the other held replies are still written."""
+    (broken, broken_wire), (kept, kept_wire) = connect_flushed(context, clock, 2)
+
+    def fail(data: bytes) -> None:
+        raise RuntimeError("transport broke")
+
+    broken_wire.write = fail  # type: ignore[method-assign]
+    broken.dataReceived(b"PING\r\n")
+    kept.dataReceived(b"PING\r\n")
+    with capturedLogs() as events:
+        clock.advance(0)
+    assert kept_wire.value() == b"+PONG\r\n"
+    failures = [event["log_failure"] for event in events if "log_failure" in event]
+    assert [failure.getErrorMessage() for failure in failures] == ["transport broke"]
+
+
+def test_replies_completed_out_of_turn_order_stay_behind_held_ones(
+    context: NodeContext, clock: Clock
+) -> None:
+    """A reply that completes while a later one is still awaited (a cluster read) joins the
+    replies held this turn, after those before it: nothing reaches the wire early."""
+    replicated = ReplicatedReads(context.keyspace)
+    context.keyspace = replicated  # type: ignore[assignment]
+    (protocol, transport), _ = connect_flushed(context, clock, 2)
+    protocol.dataReceived(b"PING\r\nGET a\r\n")
+    protocol.dataReceived(b"GET b\r\n")
+    (_, first), (_, second) = replicated.runs
+    first.callback([b"1"])
+    assert transport.value() == b""
+    second.callback([b"2"])
+    clock.advance(0)
+    assert replies(transport) == [b"PONG", b"1", b"2"]

@@ -176,7 +176,7 @@ class KVNodeService(MultiService):
         )
         self.membership_pause = MembershipPause(self.cluster, self._reactor, self.events)
         self._wire_stats()
-        self._listen(config.listen, RespFactory(self.context))
+        self._listen(config.listen, RespFactory(self.context, self._reactor))
         if config.http is not None:
             from twistkv.web.app import NodeWebApp
 
