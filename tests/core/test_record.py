@@ -157,6 +157,55 @@ def test_single_writer_encoding_matches_general(
     assert not is_single_writer(mixed, block)
 
 
+@settings(max_examples=100)
+@given(st.lists(st.binary(max_size=40), max_size=8), st.integers(0, 2**62), node_ids)
+def test_single_writer_run_encodes_each_value_as_the_single_encoder_does(
+    values: list[bytes], first_hlc: int, node: str
+) -> None:
+    """A run's records are the single-writer records of its values, stamped with
+    consecutive HLCs from the first, without expiry."""
+    from twistkv.core.record import (
+        encode_single_writer,
+        encode_single_writer_run,
+        single_writer_block,
+    )
+
+    block = single_writer_block(node)
+    assert encode_single_writer_run(block, values, first_hlc) == [
+        encode_single_writer(block, value, first_hlc + i, 0) for i, value in enumerate(values)
+    ]
+
+
+@settings(max_examples=100)
+@given(st.lists(st.one_of(st.none(), st.sampled_from(["own", "other", "two", "short"])),
+                max_size=8), node_ids)
+def test_foreign_writes_lists_the_records_a_run_must_merge(
+    kinds: list[str | None], node: str
+) -> None:
+    """foreign_writes names exactly the present records that is_single_writer rejects: those
+    of another node, with two versions, or damaged; never an absent one."""
+    from twistkv.core.record import (
+        encode_single_writer,
+        foreign_writes,
+        is_single_writer,
+        single_writer_block,
+    )
+
+    block = single_writer_block(node)
+    examples = {
+        "own": encode_single_writer(block, b"v", 7, 0),
+        "other": encode_single_writer(single_writer_block(node + "x"), b"v", 7, 0),
+        "two": encode_record(Record((Version(b"v", ((node, 1),), 1, node),) * 2)),
+        "short": b"\x01\x00",
+    }
+    raws = [None if kind is None else examples[kind] for kind in kinds]
+    expected = [i for i, kind in enumerate(kinds) if kind not in (None, "own")]
+    assert foreign_writes(raws, block) == expected
+    assert expected == [
+        i for i, raw in enumerate(raws) if raw is not None and not is_single_writer(raw, block)
+    ]
+
+
 @settings(max_examples=200)
 @given(st.lists(versions, min_size=1, max_size=2), node_ids)
 def test_own_plain_version_agrees_with_decode_record(chosen: list[Version], node: str) -> None:

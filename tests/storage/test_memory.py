@@ -43,3 +43,24 @@ def test_single_overwrite_keeps_order_and_size_exact() -> None:
     assert store.get(b"b") == b"xy"
     assert store.approximate_size_bytes() == (1 + 1) + (1 + 2)
     assert list(store.iterate()) == [(b"a", b"1"), (b"b", b"xy")]
+
+
+def test_batch_of_overwrites_keeps_order_size_and_atomicity() -> None:
+    """A batch that only overwrites existing keys (a run of pipelined SETs) replaces values
+    and their bytes exactly; a repeated key keeps its last value; a batch holding a
+    value of the wrong type is refused whole; range scans still list every key once."""
+    import pytest
+
+    store = MemoryStore()
+    store.write([(b"a", b"1"), (b"b", b"22"), (b"c", b"333")])
+    store.write([(b"c", b"x"), (b"a", b"yyyy")])
+    assert (store.get(b"a"), store.get(b"c")) == (b"yyyy", b"x")
+    assert store.approximate_size_bytes() == 3 + 4 + 2 + 1
+    store.write([(b"b", b"first"), (b"b", b"second"), (b"a", b"z")])
+    assert store.get(b"b") == b"second"
+    assert store.approximate_size_bytes() == 3 + 1 + 6 + 1
+    with pytest.raises(TypeError):
+        store.write([(b"a", b"new"), (b"b", "text")])  # type: ignore[list-item]
+    assert (store.get(b"a"), store.get(b"b")) == (b"z", b"second")
+    assert store.approximate_size_bytes() == 3 + 1 + 6 + 1
+    assert list(store.iterate()) == [(b"a", b"z"), (b"b", b"second"), (b"c", b"x")]

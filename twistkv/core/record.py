@@ -28,6 +28,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from functools import lru_cache
+from itertools import count
 from typing import NamedTuple
 
 from twistkv.core.counter import CounterFormatError, PNCounter, decode_counter, encode_counter
@@ -276,7 +277,17 @@ def is_single_writer(raw: bytes, block: bytes) -> bool:
     """Whether C{raw} holds exactly one version whose writer and only clock entry is the
     node of C{block} (from L{single_writer_block}): such a record is superseded by any
     later write of that node, so it need not be decoded first."""
-    return raw[1:3] == b"\x00\x01" and raw[20 : 20 + len(block)] == block
+    return raw[1:3] == _ONE_VERSION and raw[20 : 20 + len(block)] == block
+
+
+def foreign_writes(raws: Sequence[bytes | None], block: bytes) -> list[int]:
+    """The positions in C{raws} of records that are not L{is_single_writer} records of
+    C{block} (absent ones, None, are not foreign): a run of writes must merge those."""
+    tail = 20 + len(block)
+    return [
+        i for i, raw in enumerate(raws)
+        if raw is not None and not (raw[1:3] == _ONE_VERSION and raw[20:tail] == block)
+    ]
 
 
 def encode_single_writer(block: bytes, value: bytes, hlc: int, expires_at_ms: int) -> bytes:
@@ -286,6 +297,16 @@ def encode_single_writer(block: bytes, value: bytes, hlc: int, expires_at_ms: in
     layout = _SINGLE_LAYOUTS.get(len(block)) or single_writer_layout(len(block))
     # One pack for everything before the value: head, block and tail (by block length).
     return layout.pack(1, 1, 0, hlc, expires_at_ms, block, hlc, len(value)) + value
+
+
+def encode_single_writer_run(block: bytes, values: Sequence[bytes], first_hlc: int) -> list[bytes]:
+    """L{encode_single_writer} for a run of values without expiry, stamped C{first_hlc},
+    C{first_hlc + 1}, ... in order: one loop for a run of pipelined SETs."""
+    pack = (_SINGLE_LAYOUTS.get(len(block)) or single_writer_layout(len(block))).pack
+    return [
+        pack(1, 1, 0, hlc, 0, block, hlc, len(value)) + value
+        for hlc, value in zip(count(first_hlc), values)
+    ]
 
 
 def single_writer_layout(block_length: int) -> struct.Struct:
@@ -298,6 +319,8 @@ def single_writer_layout(block_length: int) -> struct.Struct:
     return layout
 
 
+#: A record's version count when it holds one version (bytes 1-2, after the format byte).
+_ONE_VERSION = b"\x00\x01"
 #: The counter and value length that follow a single-writer block.
 _SINGLE_TAIL = struct.Struct(">QI")
 #: Block length -> the struct of head, block and tail (L{encode_single_writer}); a node

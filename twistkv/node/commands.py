@@ -18,6 +18,7 @@ import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
@@ -483,13 +484,21 @@ def _get_run_replies(results: list[bytes | None | BaseException], session: Clien
     return encode_bulk_replies(results, session.protocol)  # type: ignore[arg-type]
 
 
+#: A SET's key and value, and a pair's value (C-level, for L{run_set}'s per-run loops).
+_KEY_AND_VALUE = itemgetter(1, 2)
+_VALUE_OF_PAIR = itemgetter(1)
+
+
 def run_set(session: ClientSession, runs: list[list[bytes]]) -> Any:
     """Consecutive plain SETs as one batch: one commit, so also one durability wait (on a
     single node), or one Deferred for the run's replicated writes (in a cluster)."""
     set_run = getattr(session.keyspace, "set_run", None)
-    if set_run is None or max(len(args[2]) for args in runs) > session.context.config.max_value_bytes:
+    if set_run is None:
+        return None
+    pairs = list(map(_KEY_AND_VALUE, runs))
+    if max(map(len, map(_VALUE_OF_PAIR, pairs))) > session.context.config.max_value_bytes:
         return None  # an oversized value gets its error from cmd_set, the others still run
-    wait = set_run([(args[1], args[2]) for args in runs])
+    wait = set_run(pairs)
     replies = OK.wire * len(runs)
     if wait is None:
         return replies

@@ -27,6 +27,8 @@ from twistkv.core.record import (
     decode_record,
     encode_record,
     encode_single_writer,
+    encode_single_writer_run,
+    foreign_writes,
     is_single_writer,
     live_value,
     own_plain_value,
@@ -281,23 +283,23 @@ class LocalKeyspace:
         commit for the run.
         """
         block = self._own_block
-        hlc = self._hlc.tick_many(self.now_ms(), len(pairs)) - 1
+        first_hlc = self._hlc.tick_many(self.now_ms(), len(pairs))
         db_keys = [DATA_PREFIX + key for key, _ in pairs]
         raws = self._store.get_many(db_keys)
-        staged: dict[bytes, bytes] = {}
-        created = 0
-        for db_key, raw, (key, value) in zip(db_keys, raws, pairs, strict=True):
-            hlc += 1
-            if raw is None:
-                created += 1
-            elif not is_single_writer(raw, block):
-                # Versions from elsewhere (a former cluster) to merge: the general path.
-                staged[db_key] = self._put_op(key, value, 0, raw, hlc)[1]
-                continue
-            staged[db_key] = encode_single_writer(block, value, hlc, 0)
-        if len(staged) < len(pairs) and created:
+        # A key written twice in the run keeps its later value (a dict keeps the last).
+        staged = dict(zip(db_keys, encode_single_writer_run(
+            block, [value for _, value in pairs], first_hlc), strict=True))
+        created = raws.count(None)
+        if created < len(raws):
+            # Versions from elsewhere (a former cluster) to merge: the general path. Every
+            # write of one key saw the same stored record, so all or none of them are here.
+            for i in foreign_writes(raws, block):
+                key, value = pairs[i]
+                staged[db_keys[i]] = self._put_op(key, value, 0, raws[i], first_hlc + i)[1]
+        if created and len(staged) < len(pairs):
             # A key written twice in the run was counted once per write.
-            created = self._store.get_many(list(staged)).count(None)
+            created = len({db_key for db_key, raw in zip(db_keys, raws, strict=True)
+                           if raw is None})
         wait = self._committer.commit(list(staged.items()))
         self._key_count += created
         return wait
