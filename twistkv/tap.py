@@ -330,7 +330,11 @@ class Options(usage.Options):
 
 
 def makeService(options: Any) -> IService:
-    """Build the node's service tree from parsed L{Options}."""
+    """Build the node's service tree from parsed L{Options}, on the lean epoll reactor
+    (L{twistkv.node.reactor}) unless twistd was given another with C{--reactor}."""
+    from twistkv.node.reactor import install
+
+    install()
     from twistkv.node.service import KVNodeService
 
     return KVNodeService(options.config, tune_gc=True)

@@ -25,3 +25,11 @@ def test_json_lines_log_records_start_and_stop(node_factory: NodeFactory) -> Non
     started = next(e for e in events if "started" in e.get("log_format", ""))
     assert started["node_id"] == "logger1"
     assert started["storage"] == "rocksdb"
+
+
+def test_node_runs_on_the_lean_epoll_reactor(node_factory: NodeFactory) -> None:
+    """twistd kvnode installs twistkv's epoll reactor (no per-event log context), and says
+    so in its startup log."""
+    node = node_factory.start("reactor1", storage="memory")
+    assert node.client().ping()
+    assert "reactor class: twistkv.node.reactor.LeanEPollReactor" in node.output()
