@@ -55,6 +55,17 @@ def test_hash_is_pinned() -> None:
     assert Ring.token(b"twistkv") == key_token(b"twistkv")
 
 
+@given(st.binary(max_size=200))
+def test_key_token_is_the_8_byte_blake2b_of_the_key(key: bytes) -> None:
+    """key_token (a copied fresh hash state fed the key) is exactly the 8-byte BLAKE2b
+    digest of the key, big-endian, for keys of any length: the copy shares no state."""
+    import hashlib
+
+    expected = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+    assert key_token(key) == expected
+    assert key_token(key) == expected  # the shared fresh state was not fed the key
+
+
 @given(memberships, small_vnodes, st.binary(max_size=16), replicas)
 def test_preference_list_is_distinct_and_sized(
     nodes: set[str], vnodes: int, key: bytes, n: int
