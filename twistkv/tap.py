@@ -331,7 +331,11 @@ class Options(usage.Options):
 
 def makeService(options: Any) -> IService:
     """Build the node's service tree from parsed L{Options}, on the lean epoll reactor
-    (L{twistkv.node.reactor}) unless twistd was given another with C{--reactor}."""
+    (L{twistkv.node.reactor}) unless twistd was given another with C{--reactor}.
+
+    Installing it is a side effect on the process: called where a reactor is already
+    installed (tests under pytest-twisted, another application), it changes nothing.
+    """
     from twistkv.node.reactor import install
 
     install()

@@ -616,7 +616,8 @@ def test_a_lost_connection_drops_its_held_replies(context: NodeContext, clock: C
 
 
 def test_one_failing_write_does_not_stall_the_others(context: NodeContext, clock: Clock) -> None:
-    """A connection whose write raises is logged; the other held replies are still written."""
+    """A connection whose write raises is logged and dropped (its replies are lost, so no
+    later reply may reach it in their place); the other held replies are still written."""
     (broken, broken_wire), (kept, kept_wire) = connect_flushed(context, clock, 2)
 
     def fail(data: bytes) -> None:
@@ -630,6 +631,60 @@ def test_one_failing_write_does_not_stall_the_others(context: NodeContext, clock
     assert kept_wire.value() == b"+PONG\r\n"
     failures = [event["log_failure"] for event in events if "log_failure" in event]
     assert [failure.getErrorMessage() for failure in failures] == ["transport broke"]
+    assert broken_wire.disconnecting
+    broken.dataReceived(b"PING\r\n")  # a closing connection runs nothing more
+    assert clock.getDelayedCalls() == []
+
+
+def test_an_interrupt_while_writing_leaves_the_other_replies_held(
+    context: NodeContext, clock: Clock
+) -> None:
+    """A KeyboardInterrupt raised while one connection is written propagates, and the
+    connections after it keep their replies for the next turn instead of losing them."""
+    import pytest
+
+    (stopped, stopped_wire), (kept, kept_wire) = connect_flushed(context, clock, 2)
+
+    def interrupt(data: bytes) -> None:
+        raise KeyboardInterrupt
+
+    stopped_wire.write = interrupt  # type: ignore[method-assign]
+    stopped.dataReceived(b"PING\r\n")
+    kept.dataReceived(b"ECHO later\r\n")
+    with pytest.raises(KeyboardInterrupt):
+        clock.advance(0)
+    assert kept_wire.value() == b""
+    clock.advance(0)
+    assert kept_wire.value() == b"$5\r\nlater\r\n"
+
+
+class StrictTransport(StringTransport):
+    """A transport that, like a closed socket, takes no bytes once it was told to close."""
+
+    def write(self, data: bytes) -> None:
+        if not self.disconnecting:
+            super().write(data)
+
+
+def test_replies_that_waited_are_written_before_a_quit_closes(
+    context: NodeContext, clock: Clock
+) -> None:
+    """GET (answered later, in a cluster) then QUIT: once the GET is answered, both replies
+    reach the client before the connection closes, even when replies are held."""
+    replicated = ReplicatedReads(context.keyspace)
+    context.keyspace = replicated  # type: ignore[assignment]
+    factory = RespFactory(context, clock)
+    protocol = factory.buildProtocol(None)
+    transport = StrictTransport()
+    protocol.makeConnection(transport)
+    other = factory.buildProtocol(None)
+    other.makeConnection(StringTransport())
+    protocol.dataReceived(b"GET a\r\nQUIT\r\n")
+    assert not transport.disconnecting  # the GET is still awaited
+    (_, settled), = replicated.runs
+    settled.callback([b"1"])
+    assert transport.value() == b"$1\r\n1\r\n+OK\r\n"
+    assert transport.disconnecting
 
 
 def test_replies_completed_out_of_turn_order_stay_behind_held_ones(

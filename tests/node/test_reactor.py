@@ -50,9 +50,17 @@ class _FakePoller:
         return self.result
 
 
-def test_serves_a_real_connection(lean: Any) -> None:
-    """Bytes from a client reach a protocol through doPoll and its reply comes back: the
-    handler is dispatched without the legacy log wrapper, and nothing else changes."""
+def test_serves_a_real_connection_without_the_legacy_log_wrapper(
+    lean: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes from a client reach a protocol through doPoll and its reply comes back, with
+    twisted.python.log.callWithLogger never called (stock EPollReactor fails this)."""
+    from twisted.python import log
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("callWithLogger was called")
+
+    monkeypatch.setattr(log, "callWithLogger", forbidden)
     port = lean.listenTCP(0, Factory.forProtocol(_Echo), interface="127.0.0.1")
     client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
     try:

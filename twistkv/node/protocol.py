@@ -101,6 +101,11 @@ class ReplyFlusher:
     added is the rest of the turn's work, and only when more than one client is
     connected (see L{RespProtocol._send}): a lone client has nobody to share a
     wake-up with, so its reply is written at once.
+
+    "End of the turn" is a C{callLater(0)}: replies completed by socket events are
+    written before the reactor polls again. A reply completed inside a timer call (a
+    request timing out) waits one more poll, which does not block: Twisted queues
+    timers made by timers for its next pass.
     """
 
     def __init__(self, reactor: IReactorTime) -> None:
@@ -120,11 +125,19 @@ class ReplyFlusher:
         the others still get theirs)."""
         self._scheduled = False
         held, self._held = self._held, []
-        for protocol in held:
+        for index, protocol in enumerate(held):
             try:
                 protocol.flush_replies()
             except Exception:  # noqa: BLE001 - one connection's bug must not stall the others
-                _log.failure("writing the replies of client {peer}", peer=protocol._peer())
+                _log.failure("writing the replies of client {peer}; closing it",
+                             peer=protocol._peer())
+                # Its replies of this turn are gone: later ones must not reach the client
+                # as answers to these commands, so the connection goes, as Redis does.
+                protocol.abort()
+            except BaseException:
+                for waiting in held[index + 1:]:  # still written, on the next turn
+                    self.hold(waiting)
+                raise
 
 
 class RespProtocol(Protocol):
@@ -369,6 +382,21 @@ class RespProtocol(Protocol):
             flusher.hold(self)
             return
         self._write(data)
+
+    def abort(self) -> None:
+        """Drop the connection at once: replies were lost, so none may follow."""
+        self._held = None
+        self._closing = True
+        transport = self.transport
+        if transport is not None:
+            abort = getattr(transport, "abortConnection", None)
+            try:
+                if abort is not None:
+                    abort()
+                else:
+                    transport.loseConnection()
+            except Exception:  # noqa: BLE001 - best effort: the transport already failed once
+                _log.failure("closing client {peer}", peer=self._peer())
 
     def flush_replies(self) -> None:
         """Write the replies held for the end of this turn, if any."""
