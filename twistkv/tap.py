@@ -37,24 +37,24 @@ _STORAGE_CHOICES = ("rocksdb", "memory")
 _FSYNC_CHOICES = ("always", "everysec", "never")
 
 
-def _positive_int(name: str, text: str) -> int:
+def _whole_number(name: str, text: str, minimum: int) -> int:
+    """C{text} as an int of at least C{minimum} (1: "positive"), or a UsageError."""
     try:
         value = int(text)
     except ValueError:
         raise usage.UsageError(f"--{name} must be a whole number, not {text!r}") from None
-    if value <= 0:
-        raise usage.UsageError(f"--{name} must be positive, not {value}")
+    if value < minimum:
+        least = "positive" if minimum == 1 else f"{minimum} or more"
+        raise usage.UsageError(f"--{name} must be {least}, not {value}")
     return value
+
+
+def _positive_int(name: str, text: str) -> int:
+    return _whole_number(name, text, 1)
 
 
 def _non_negative_int(name: str, text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise usage.UsageError(f"--{name} must be a whole number, not {text!r}") from None
-    if value < 0:
-        raise usage.UsageError(f"--{name} must be 0 or more, not {value}")
-    return value
+    return _whole_number(name, text, 0)
 
 
 def _positive_float(name: str, text: str) -> float:
