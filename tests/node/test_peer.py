@@ -742,6 +742,32 @@ def test_put_records_of_one_turn_travel_in_one_put_batch_with_per_record_outcome
     assert pair.client.outstanding == 0
 
 
+def test_requests_reach_the_peer_in_the_order_they_were_made() -> None:
+    """Records and keys held for the turn's PUT_BATCH / GET_BATCH keep their place among the
+    connection's other requests: a single-frame request (an INCR for the acting replica)
+    made after a put leaves after that put's PUT_BATCH, and reads and writes that alternate
+    leave as alternating batches, so the peer, which handles a connection's requests in
+    order, applies a pipelined SET before the INCR or GET that followed it."""
+    replica = BatchReplica()
+    pair = Pair(replica)
+    pair.flush()
+    ignore = lambda *args: None  # noqa: E731
+    pair.client.put("PUT", b"a", b"r", 5.0, ignore, ignore)
+    pair.client.put("PUT", b"b", b"r", 5.0, ignore, ignore)
+    pair.client.call(Frame("INCR", 0, {"key": "a"}), 5.0, ignore, ignore)
+    pair.client.get_many([(b"a", 5.0, ignore, ignore)])
+    pair.client.put_many([("PUT", b"c", b"r", 5.0, ignore, ignore)])
+    pair.client.get_many([(b"c", 5.0, ignore, ignore), (b"d", 5.0, ignore, ignore)])
+    pair.client.put("PUT", b"e", b"r", 5.0, ignore, ignore)
+    pair.client.request(Frame("GET", 0, {"key": "e"}), 5.0)
+    pair.clock.advance(0)
+    pair.flush()
+    assert [frame.verb for frame in replica.frames] == [
+        "PUT_BATCH", "INCR", "GET_BATCH", "PUT_BATCH", "GET_BATCH", "PUT_BATCH", "GET"]
+    assert [len(parse_put_batch(frame)) for frame in replica.frames
+            if frame.verb == "PUT_BATCH"] == [2, 1, 1]
+
+
 def test_put_to_a_peer_without_put_batch_sends_one_put_per_record() -> None:
     """An old peer (no features in its HELLO) gets the single-record verbs, never PUT_BATCH."""
     replica = BatchReplica()

@@ -668,6 +668,8 @@ class PeerProtocol(Protocol):
         an C{ERROR} answer, L{PeerUnavailable} if the connection goes, and
         L{PeerBusy} at once if too many requests are outstanding.
         """
+        if self._batch or self._gets:
+            self._release_held()
         request = _Outstanding(None, frame.verb, timeout)
         sent = self._send_request(frame, request)
         if isinstance(sent, Exception):
@@ -684,6 +686,8 @@ class PeerProtocol(Protocol):
         For the coordinator's hot path, where a Deferred and its callback chain cost more
         than the rest of a replica request. Exceptions the callbacks raise are logged.
         """
+        if self._batch or self._gets:
+            self._release_held()
         request = _Outstanding(None, frame.verb, timeout, callback, errback, args)
         sent = self._send_request(frame, request)
         if isinstance(sent, Exception):
@@ -767,6 +771,10 @@ class PeerProtocol(Protocol):
             for item in items:
                 self._get_one(item)
             return
+        if self._batch:
+            # Records written before these reads (and keys read before those) go first,
+            # so that held keys are always older than held records (L{_release_held}).
+            self._release_held()
         self._gets.extend(items)
         if not self._batching and self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
@@ -871,6 +879,8 @@ class PeerProtocol(Protocol):
         """Send a one-way frame (no answer expected) under a fresh request id."""
         if not self.ready:
             raise PeerUnavailable(self.label, self._close_reason or "not connected")
+        if self._batch or self._gets:
+            self._release_held()
         self._write(frame.with_request_id(self._allocate_id()))
 
     def _allocate_id(self) -> int:
@@ -909,6 +919,18 @@ class PeerProtocol(Protocol):
     def _write(self, frame: Frame) -> None:
         self._queue(encode_frame(frame, self._limits.max_line))
 
+    def _release_held(self) -> None:
+        """Turn the keys and records held for this turn's C{GET_BATCH} / C{PUT_BATCH} into
+        frames now, before a request made after them: the peer handles a connection's
+        requests in order, so requests must leave in the order they were made (a client's
+        pipelined SET, then an INCR sent alone to the acting replica, must reach it in
+        that order). Held keys are always older than held records: L{get_many} releases
+        the records first."""
+        if self._gets:
+            self._send_gets()
+        if self._batch:
+            self._send_batch()
+
     def _queue(self, data: bytes) -> None:
         if self._closing:
             return
@@ -924,10 +946,7 @@ class PeerProtocol(Protocol):
         for _ in range(_BATCH_PASSES):  # a callback of a failed batch may have put more
             if not self._batch and not self._gets:
                 break
-            if self._batch:
-                self._send_batch()
-            if self._gets:
-                self._send_gets()
+            self._release_held()
         else:
             if (self._batch or self._gets) and self._flush_call is None and not self._lost:
                 self._flush_call = self._reactor.callLater(0, self._flush)
