@@ -155,6 +155,22 @@ def test_pipelined_replies_keep_their_order(trio: list[Node]) -> None:
     assert pipe.execute() == ["OK", "value", None, "ONE"]
 
 
+
+def test_pipelined_commands_see_the_sets_before_them(trio: list[Node]) -> None:
+    """A node queues plain SETs until the end of the reactor turn (to coordinate many
+    clients' writes together), yet a pipeline's later commands see them: an INCR (applied
+    to the local replica first), KEYS (this node's replica) and a GET, all in one write."""
+    n1, _, _ = trio
+    pipe = n1.session().pipeline(transaction=False)
+    pipe.set("barrier-count", "5")
+    pipe.incr("barrier-count")
+    pipe.set("barrier-key", "x")
+    pipe.keys("barrier-k*")
+    pipe.set("barrier-key", "y")
+    pipe.get("barrier-key")
+    assert pipe.execute() == [True, 6, True, ["barrier-key"], True, "y"]
+
+
 # -- a short pause is not a failure ----------------------------------------------------
 
 

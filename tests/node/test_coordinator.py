@@ -947,6 +947,164 @@ def test_put_run_reports_each_write_once_every_write_settled(net3: Net) -> None:
     assert net3.stored("n2", b"ok") == [b"1"] and net3.stored("n2", b"ok2") == [b"3"]
 
 
+
+# -- runs queued for the end of the turn -------------------------------------------------------
+
+
+def _put_batches(net: Net, source: str, target: str) -> list[Frame]:
+    return [frame for src, dst, frame in net.sent
+            if (src, dst) == (source, target) and frame.verb == "PUT_BATCH"]
+
+
+def _record_groups(coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the runs the coordinator coordinates (after grouping queued ones)."""
+    sizes: list[int] = []
+    write_run = coordinator._write_run
+
+    def recording(pairs: list[tuple[bytes, bytes]], *args: object) -> None:
+        sizes.append(len(pairs))
+        write_run(pairs, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(coordinator, "_write_run", recording)
+    return sizes
+
+
+def test_runs_queued_in_one_turn_travel_together(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """put_run only queues: the runs of a reactor turn (several clients' pipelines) are
+    coordinated together at its end, as one run, so each other owner gets one PUT_BATCH
+    for all of them, and each run's Deferred still fires with its own outcome."""
+    net = Net(clock, ["n1", "n2", "n3"], batching=True)
+    coordinator = net["n1"]
+    groups = _record_groups(coordinator, monkeypatch)
+    runs = [[(b"c%d-k%d" % (client, i), b"v%d" % i) for i in range(4)] for client in range(3)]
+    results = [outcome(coordinator.put_run(pairs)) for pairs in runs]
+    assert net.sent == [] and net.stored("n1", b"c0-k0") == []  # queued, not yet issued
+    clock.advance(0)
+    assert groups == [12]
+    assert [len(_put_batches(net, "n1", peer)) for peer in ("n2", "n3")] == [1, 1]
+    net.run(0.1)
+    assert results == [[None], [None], [None]]
+    for pairs in runs:
+        for key, value in pairs:
+            assert all(net.stored(name, key) == [value] for name in ("n1", "n2", "n3"))
+
+
+@pytest.mark.parametrize("fault", sorted(_RUN_FAULTS))
+def test_runs_issued_together_report_to_their_own_callers(fault: str, clock: Clock) -> None:
+    """Runs queued in one turn get, write by write, the outcomes and stored copies that one
+    run of all their writes gets (under every fault of the run-path test): each error, a
+    too-long key's and the empty key's included, reaches the run and the position it came
+    from."""
+    faults, down = _RUN_FAULTS[fault]
+    runs = [[(b"a", b"1"), (b"k" * (16 * 1024 + 1), b"2")],
+            [(b"", b"empty key"), (b"b", b"3")],
+            [(b"key-%d" % i, b"v%d" % i) for i in range(6)]]
+    seen = []
+    for together in (False, True):
+        net = Net(Clock(), ["n1", "n2", "n3"], batching=True)
+        net.faults.update(faults)
+        net.believed_down.update(down)
+        coordinator = net["n1"]
+        if together:
+            results = [outcome(coordinator.put_run(pairs)) for pairs in runs]
+        else:
+            results = [outcome(coordinator.put_run([pair for pairs in runs for pair in pairs]))]
+        net.run(3.0)
+        assert all(len(result) == 1 for result in results)
+        per_write: list[object] = []
+        for pairs, (result,) in zip(runs if together else [sum(runs, [])], results,
+                                    strict=True):
+            per_write += [None] * len(pairs) if result is None else _describe_outcome(result)
+        stored = {(name, key): net.stored(name, key)
+                  for name in ("n1", "n2", "n3") for pairs in runs for key, _ in pairs}
+        seen.append((per_write, stored))
+    assert seen[0] == seen[1]
+    assert str(seen[1][0][1]).startswith("KeyTooLong")
+
+
+def test_queued_runs_that_write_the_same_key_keep_their_order(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Queued runs that write the same key are not merged (a run that writes a key twice
+    mints each write alone, so one repeated key would cost a whole merged run its shared
+    mint): the group ends before the run that repeats a key, a run that repeats a key of
+    its own goes alone, and the later write of a key still wins on every replica."""
+    net = Net(clock, ["n1", "n2", "n3"], batching=True)
+    coordinator = net["n1"]
+    groups = _record_groups(coordinator, monkeypatch)
+    first = outcome(coordinator.put_run([(b"shared", b"first"), (b"x", b"1")]))
+    second = outcome(coordinator.put_run([(b"y", b"2"), (b"shared", b"second")]))
+    third = outcome(coordinator.put_run([(b"z", b"3")]))
+    twice = outcome(coordinator.put_run([(b"w", b"4"), (b"w", b"5")]))
+    fourth = outcome(coordinator.put_run([(b"v", b"6")]))
+    net.run(0.1)
+    assert groups == [2, 3, 2, 1]
+    assert first == second == third == twice == fourth == [None]
+    assert all(net.stored(name, b"shared") == [b"second"] and net.stored(name, b"w") == [b"5"]
+               for name in ("n1", "n2", "n3"))
+
+
+def test_queued_runs_keep_their_own_consistency(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Runs queued in one turn at different consistency levels are coordinated apart: with
+    one owner unreachable, the run at ALL fails and the run at ONE succeeds."""
+    net = Net(clock, ["n1", "n2", "n3"], batching=True)
+    net.faults["n3"] = "unreachable"
+    coordinator = net["n1"]
+    groups = _record_groups(coordinator, monkeypatch)
+    strict = outcome(coordinator.put_run([(b"s1", b"1"), (b"s2", b"2")], ConsistencyLevel.ALL))
+    loose = outcome(coordinator.put_run([(b"l1", b"1"), (b"l2", b"2")], ConsistencyLevel.ONE))
+    net.run(3.0)
+    assert groups == [2, 2]
+    (errors,) = strict
+    assert isinstance(errors, list) and all(isinstance(e, QuorumUnavailable) for e in errors)
+    assert loose == [None]
+
+
+def test_an_operation_after_a_queued_run_sees_it(clock: Clock) -> None:
+    """A read, a write or a delete coordinated in the same turn as a queued run, after it,
+    issues the run first (pipelined commands see the ones before them), and the run's
+    end-of-turn call is withdrawn."""
+    for operation in ("get", "get_run", "put", "delete"):
+        net = Net(clock, ["n1", "n2", "n3"], batching=True)
+        coordinator = net["n1"]
+        written = outcome(coordinator.put_run([(b"k", b"queued")]))
+        if operation == "get":
+            after = outcome(coordinator.get(b"k").addCallback(
+                lambda result: result.live(0).value))
+        elif operation == "get_run":
+            after = outcome(coordinator.get_run([b"k"]))
+        elif operation == "put":
+            after = outcome(coordinator.put(b"k", b"later").addCallback(lambda _: None))
+        else:
+            after = outcome(coordinator.delete(b"k").addCallback(lambda _: None))
+        assert not any(call.func == coordinator.issue_queued
+                       for call in clock.getDelayedCalls()), operation
+        net.run(0.1)
+        assert written == [None], operation
+        assert after == {"get": [b"queued"], "get_run": [[b"queued"]], "put": [None],
+                         "delete": [None]}[operation]
+        final = {"get": [b"queued"], "get_run": [b"queued"], "put": [b"later"], "delete": []}
+        assert [v.value for v in coordinator.replica.read(b"k").versions
+                if not v.tombstone] == final[operation], operation
+
+
+def test_shutdown_refuses_queued_runs_at_once(net3: Net) -> None:
+    """A node that stops answers the runs it had queued with UNAVAILABLE (shutting down)
+    instead of leaving them unanswered, and issues nothing."""
+    coordinator = net3["n1"]
+    results = outcome(coordinator.put_run([(b"a", b"1"), (b"b", b"2")]))
+    coordinator.shutdown()
+    (errors,) = results
+    assert isinstance(errors, list) and len(errors) == 2
+    assert all(isinstance(e, QuorumUnavailable) and "shutting down" in str(e) for e in errors)
+    net3.run(0.1)
+    assert net3.sent == []
+
+
 # -- runs of reads -----------------------------------------------------------------------------
 
 

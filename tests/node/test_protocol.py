@@ -67,6 +67,26 @@ def test_pipelined_writes_share_one_sync_and_reply_in_order(
     assert got == [x for i in range(16) for x in (b"OK", b"v%d" % (i % 10))]
 
 
+def test_a_command_after_a_waiting_reply_first_calls_the_barrier(
+    context: NodeContext, clock: Clock
+) -> None:
+    """The command that follows one whose reply waits calls the context's barrier before it
+    runs (a cluster issues the SETs it queued for the end of the turn there, so that the
+    pipeline's later commands see them); commands after a ready reply, and the end of a
+    read, do not, so the writes of many clients can still go out together."""
+    gets_seen_by_barrier: list[int] = []
+    context.barrier = lambda: gets_seen_by_barrier.append(context.stats.command("GET").calls)
+    protocol, transport = connect(context)
+    protocol.dataReceived(b"SET a 1\r\nSET b 2\r\nGET a\r\nPING\r\nGET b\r\nSET c 3\r\n")
+    assert gets_seen_by_barrier == [0]  # once, before the first GET ran
+    clock.advance(0)
+    assert replies(transport) == [b"OK", b"OK", b"1", b"PONG", b"2", b"OK"]
+    protocol.dataReceived(b"SET d 4\r\n")
+    assert gets_seen_by_barrier == [0, 2]  # SET c's reply waited: the next command calls it
+    clock.advance(0)
+    assert replies(transport) == [b"OK"]
+
+
 def test_unknown_command_and_wrong_arity_keep_connection(context: NodeContext) -> None:
     """Unknown commands and wrong arity answer Redis-style errors; the next command works."""
     protocol, transport = connect(context)

@@ -82,6 +82,11 @@ class NodeContext:
     cluster: Any = None
     #: Stops the node process (LEAVE calls it once the node's ranges are handed over).
     shutdown: Callable[[], Any] | None = None
+    #: Issues writes the keyspace queued for the end of the reactor turn (the cluster's
+    #: plain SETs, L{twistkv.node.coordinator.Coordinator.put_run}). A connection calls it
+    #: before the command that follows one whose reply waits, so that pipelined commands
+    #: see the writes before them.
+    barrier: Callable[[], None] | None = None
 
 
 @dataclass(eq=False)

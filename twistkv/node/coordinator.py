@@ -277,7 +277,7 @@ class _Write:
         self, id: int, key: bytes, version: Version | None, verb: str, payload: bytes,
         stored: bytes | None | object, required: int, deadline: float,
         fallbacks: tuple[str, ...], slots: dict[str, Replica],
-        coordination: WriteCoordination, result: Deferred[Version] | _Run,
+        coordination: WriteCoordination, result: Deferred[Version] | _Run | _Runs,
     ) -> None:
         self.id = id
         self.key = key
@@ -349,6 +349,24 @@ class _Run:
             self.deferred.callback(self.errors)
 
 
+class _Runs:
+    """Several clients' runs coordinated as one: settles each write in the run it came from."""
+
+    __slots__ = ("size", "owners", "indexes")
+
+    def __init__(self, owners: list[_Run], indexes: list[int]) -> None:
+        self.size = len(owners)
+        self.owners = owners
+        self.indexes = indexes
+
+    def settled(self, index: int, error: BaseException | None) -> None:
+        self.owners[index].settled(self.indexes[index], error)
+
+
+#: What a write reports to when it belongs to a run (rather than to a Deferred of its own).
+_RUN_TYPES = (_Run, _Runs)
+
+
 #: Seconds a run plan (L{_RunPlan}) is used for before it is made again. A plan records which
 #: owners were alive and their addresses: a write using one up to this much older is as if it
 #: had arrived that much earlier (a write to an owner that just went down still fails over to
@@ -392,7 +410,7 @@ class _FastRun:
     __slots__ = ("id", "run", "deadline", "keys", "payloads", "stored", "plans", "need",
                  "acks", "promoted", "open", "timed")
 
-    def __init__(self, id: int, run: _Run, deadline: float) -> None:
+    def __init__(self, id: int, run: _Run | _Runs, deadline: float) -> None:
         self.id = id
         self.run = run
         self.deadline = deadline
@@ -604,6 +622,10 @@ class Coordinator:
         self.stats = CoordinatorStats()
         self._ids = itertools.count(1)
         self._stopped = False
+        #: put_run's writes not yet coordinated (L{issue_queued}, at the end of the turn).
+        self._queued: list[tuple[Sequence[tuple[bytes, bytes]], ConsistencyLevel | None,
+                                 _Run]] = []
+        self._queued_call: IDelayedCall | None = None
         #: Requests in flight by id, and a min-heap of (deadline, id) with lazy deletion:
         #: one DelayedCall for all of them instead of one per request (L{_track}).
         self._timed: dict[int, _Write | _Read | _FastRun | _FastRead] = {}
@@ -651,6 +673,7 @@ class Coordinator:
         cannot keep writing hints into its store.
         """
         self._stopped = True
+        self.issue_queued()  # refused now ("shutting down") rather than never answered
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -824,6 +847,8 @@ class Coordinator:
             clocks this node holds for the key (a blind write; see docs/consistency.md).
         @return: fails with L{QuorumUnavailable} or L{KeyTooLong}.
         """
+        if self._queued:
+            self.issue_queued()  # after the runs queued before it
         return _given(self._write(key, value, consistency, expires_at_ms, context,
                                   tombstone=False))
 
@@ -834,6 +859,8 @@ class Coordinator:
         context: VectorClock | None = None,
     ) -> Deferred[Version]:
         """Write a tombstone (a versioned delete); fires with it once W replicas acknowledged."""
+        if self._queued:
+            self.issue_queued()  # after the runs queued before it
         return _given(self._write(key, b"", consistency, 0, context, tombstone=True))
 
     def put_run(
@@ -850,15 +877,72 @@ class Coordinator:
         if not pairs:
             return succeed(None)
         run = _Run(len(pairs))
+        self._queued.append((pairs, consistency, run))
+        if self._queued_call is None:
+            self._queued_call = self._reactor.callLater(0, self.issue_queued)
+        return run.deferred
+
+    def issue_queued(self) -> None:
+        """Coordinate the writes L{put_run} queued, in order: the runs of one reactor turn
+        (from every client) go together where they can, as one run."""
+        call, self._queued_call = self._queued_call, None
+        if call is not None and call.active():
+            call.cancel()
+        queued = self._queued
+        if not queued:
+            return
+        self._queued = []
         if self._stopped or self._put_via_pool is None or not self._ready() or (
             self._pending() is not None
         ):
             write = self._write
-            for index, (key, value) in enumerate(pairs):
-                write(key, value, consistency, 0, None, False, None, run, index)
-        else:
+            for pairs, consistency, run in queued:
+                for index, (key, value) in enumerate(pairs):
+                    write(key, value, consistency, 0, None, False, None, run, index)
+            return
+        if len(queued) == 1:
+            pairs, consistency, run = queued[0]
             self._write_run(pairs, consistency, run)
-        return run.deferred
+            return
+        write_run = self._write_run
+        group: list[tuple[Sequence[tuple[bytes, bytes]], _Run]] = []
+        group_consistency: ConsistencyLevel | None = None
+        seen: set[bytes] = set()
+        for pairs, consistency, run in queued:
+            keys = [key for key, _ in pairs]
+            if group and (consistency != group_consistency or not seen.isdisjoint(keys)):
+                self._write_group(group, group_consistency)
+                group = []
+                seen = set()
+            before = len(seen)
+            seen.update(keys)
+            if len(seen) - before != len(keys):
+                # A run that writes a key twice goes alone (its second write must see the first).
+                if len(group):
+                    self._write_group(group, group_consistency)
+                    group = []
+                write_run(pairs, consistency, run)
+                seen = set()
+                continue
+            group.append((pairs, run))
+            group_consistency = consistency
+        if group:
+            self._write_group(group, group_consistency)
+
+    def _write_group(self, group: list[tuple[Sequence[tuple[bytes, bytes]], _Run]],
+                     consistency: ConsistencyLevel | None) -> None:
+        if len(group) == 1:
+            pairs, run = group[0]
+            self._write_run(pairs, consistency, run)
+            return
+        pairs: list[tuple[bytes, bytes]] = []
+        owners: list[_Run] = []
+        indexes: list[int] = []
+        for some, run in group:
+            pairs.extend(some)
+            owners.extend([run] * run.size)
+            indexes.extend(range(run.size))
+        self._write_run(pairs, consistency, _Runs(owners, indexes))
 
     # -- runs of blind writes: the short way -----------------------------------------------
 
@@ -917,7 +1001,7 @@ class Coordinator:
 
     def _write_run(
         self, pairs: Sequence[tuple[bytes, bytes]], consistency: ConsistencyLevel | None,
-        run: _Run,
+        run: _Run | _Runs,
     ) -> None:
         """L{put_run}'s writes, each coordinated as L{_write} would, for less per write.
 
@@ -1220,13 +1304,15 @@ class Coordinator:
     ) -> Deferred[Version]:
         """Write a version minted elsewhere (a counter increment, L{twistkv.node.counters})
         exactly like L{put} writes its own: same targets, stand-ins, hints and quorum."""
+        if self._queued:
+            self.issue_queued()  # after the runs queued before it
         return _given(self._write(key, version.value, consistency, version.expires_at_ms, None,
                                   tombstone=False, minted=version))
 
     def _write(
         self, key: bytes, value: bytes, consistency: ConsistencyLevel | None,
         expires_at_ms: int, context: VectorClock | None, tombstone: bool,
-        minted: Version | None = None, run: _Run | None = None, run_index: int = 0,
+        minted: Version | None = None, run: _Run | _Runs | None = None, run_index: int = 0,
     ) -> Deferred[Version] | None:
         """Coordinate one write; its Deferred, or None when it reports to C{run} instead."""
         if len(key) > MAX_KEY_BYTES:
@@ -1297,7 +1383,7 @@ class Coordinator:
         return write.result if run is None else None  # type: ignore[return-value]
 
     @staticmethod
-    def _refuse(error: Exception, run: _Run | None, run_index: int) -> Deferred[Version] | None:
+    def _refuse(error: Exception, run: _Run | _Runs | None, run_index: int) -> Deferred[Version] | None:
         """A write refused before anything was sent: a failed Deferred, or reported to C{run}."""
         if run is None:
             return fail(error)
@@ -1441,7 +1527,7 @@ class Coordinator:
             if outcome.status is Status.SUCCEEDED:
                 write.settled = True
                 result = write.result
-                if type(result) is _Run:
+                if type(result) in _RUN_TYPES:
                     result.settled(write.run_index, None)
                 elif not result.called:  # type: ignore[union-attr]
                     result.callback(write.minted())  # type: ignore[union-attr]
@@ -1457,7 +1543,7 @@ class Coordinator:
                 error = QuorumUnavailable(
                     "write", len(write.acked), write.required, sorted(write.tried), detail)
                 result = write.result
-                if type(result) is _Run:
+                if type(result) in _RUN_TYPES:
                     result.settled(write.run_index, error)
                 elif not result.called:  # type: ignore[union-attr]
                     result.errback(error)  # type: ignore[union-attr]
@@ -1498,6 +1584,8 @@ class Coordinator:
             (still succeeding with R), so that C{replies} shows every replica: for C{VERSIONS}.
         @return: fails with L{QuorumUnavailable} or L{KeyTooLong}.
         """
+        if self._queued:
+            self.issue_queued()  # a read sees the runs queued before it
         try:
             self._check_key(key)
         except KeyTooLong as error:
@@ -1651,6 +1739,8 @@ class Coordinator:
         value (what C{ReadResult.live} gives), None when the key is absent, deleted or
         expired, or the error L{get} would have failed with.
         """
+        if self._queued:
+            self.issue_queued()  # a read sees the runs queued before it
         run = _ReadRun(len(keys))
         if not keys:
             run.deferred.callback([])

@@ -164,6 +164,11 @@ class RespProtocol(Protocol):
         self._socket: socket.socket | None = None
         #: Command name as this client spells it -> (handler, arity, counters, command).
         self._routes: dict[bytes, _Route] = {}
+        #: Issues the writes the keyspace queued for the end of the turn (NodeContext.barrier).
+        self._barrier = context.barrier
+        #: A reply waits, and its write may still be queued: call _barrier before the next
+        #: command.
+        self._unissued = False
 
     # -- connection lifecycle ---------------------------------------------
 
@@ -255,6 +260,12 @@ class RespProtocol(Protocol):
         i = 0
         started = perf_counter()
         while i < count:
+            if self._unissued:
+                # The command before this one queued a write (a plain SET in a cluster waits
+                # for the end of the turn, to go with other clients' writes): issue it now,
+                # so that this command sees it, as a pipeline's commands see the ones before.
+                self._unissued = False
+                self._barrier()  # type: ignore[misc]
             args = commands[i]
             i += 1
             name = args[0]
@@ -358,6 +369,7 @@ class RespProtocol(Protocol):
             out.clear()
         slot = _Slot()
         self._waiting.append(slot)
+        self._unissued = self._barrier is not None
         reply.addCallbacks(
             self._deferred_reply, self._deferred_failure,
             callbackArgs=(slot, stat, started, run_size),
