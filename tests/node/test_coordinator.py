@@ -991,6 +991,32 @@ def test_runs_queued_in_one_turn_travel_together(
             assert all(net.stored(name, key) == [value] for name in ("n1", "n2", "n3"))
 
 
+class _FlushingPool(_ReadingPool):
+    """A pool that, like PeerClientPool, can send what it holds at once (flush_now)."""
+
+    def __init__(self, net: Net, source: str) -> None:
+        super().__init__(net, source)
+        self.flushes_after: list[int] = []  # len(net.sent) at each flush_now
+
+    def flush_now(self) -> None:
+        self.flushes_after.append(len(self._net.sent))
+
+
+def test_runs_issued_at_the_end_of_the_turn_go_to_the_wire_at_once(clock: Clock) -> None:
+    """The end-of-turn issue asks the pool to send at once (its own flush would wait for
+    another poll); runs issued early by a barrier leave the pool to flush at the turn's end."""
+    net = Net(clock, ["n1", "n2", "n3"], batching=True)
+    coordinator = net["n1"]
+    pool = _FlushingPool(net, "n1")
+    coordinator._flush_peers = pool.flush_now
+    outcome(coordinator.put_run([(b"a", b"1")]))
+    coordinator.issue_queued()  # a barrier: a pipelined command followed
+    assert pool.flushes_after == []
+    outcome(coordinator.put_run([(b"b", b"2")]))
+    clock.advance(0)
+    assert pool.flushes_after == [len(net.sent)] and len(net.sent) > 0
+
+
 @pytest.mark.parametrize("fault", sorted(_RUN_FAULTS))
 def test_runs_issued_together_report_to_their_own_callers(fault: str, clock: Clock) -> None:
     """Runs queued in one turn get, write by write, the outcomes and stored copies that one

@@ -584,6 +584,33 @@ def test_pool_coalesces_the_frames_of_one_turn_into_one_write() -> None:
     assert all(result_of(r).verb == "ACK" for r in requests)
 
 
+def test_pool_flush_now_writes_the_turns_frames_at_once() -> None:
+    """flush_now (for a caller among the reactor's timed calls, such as the coordinator's
+    end-of-turn writes) writes what the connection holds, PUT_BATCH records included, in
+    one write without waiting for its flush call, which it withdraws; with nothing held it
+    writes nothing."""
+    net = FakeNet(_acking_handler([]))
+    warmup = net.pool.request("b:7380", Frame("PING", 0))
+    net.flush()
+    result_of(warmup)
+    client_io = net.client_ios[0]
+    before = len(client_io.writes)
+    net.pool.flush_now()
+    assert len(client_io.writes) == before
+    ignore = lambda *args: None  # noqa: E731
+    net.pool.put_many("b:7380", [("PUT", b"k%d" % i, b"r", 1.0, ignore, ignore)
+                                 for i in range(3)])
+    net.pool.send("b:7380", Frame("SWIM_GOSSIP", 0))
+    assert len(client_io.writes) == before
+    net.pool.flush_now()
+    assert len(client_io.writes) == before + 1
+    assert [f.verb for f in frames_in(client_io.writes[before:])] == ["PUT_BATCH", "SWIM_GOSSIP"]
+    assert not net.clock.getDelayedCalls() or all(
+        call.func.__name__ != "_flush" for call in net.clock.getDelayedCalls())
+    net.clock.advance(0)
+    assert len(client_io.writes) == before + 1
+
+
 def test_refused_connect_fails_requests_and_backs_off_with_growing_intervals() -> None:
     """A refused connect fails the queued request; the next ones fail fast without dialling
     until a jittered interval passes, and the interval grows with each failure."""

@@ -645,6 +645,8 @@ class Coordinator:
         self._put_via_pool: Callable[..., None] | None = getattr(pool, "put", None)
         self._put_many: Callable[[str, Sequence[tuple[object, ...]]], None] = (
             getattr(pool, "put_many", None) or self._put_each)
+        #: Sends what the pool's connections queued this turn (L{_issue_at_turn_end}).
+        self._flush_peers: Callable[[], None] | None = getattr(pool, "flush_now", None)
         #: The pool's get_many, which runs of reads need (L{_read_run}).
         self._get_many: Callable[[str, Sequence[tuple[object, ...]]], None] | None = getattr(
             pool, "get_many", None)
@@ -879,8 +881,18 @@ class Coordinator:
         run = _Run(len(pairs))
         self._queued.append((pairs, consistency, run))
         if self._queued_call is None:
-            self._queued_call = self._reactor.callLater(0, self.issue_queued)
+            self._queued_call = self._reactor.callLater(0, self._issue_at_turn_end)
         return run.deferred
+
+    def _issue_at_turn_end(self) -> None:
+        """L{issue_queued} at the end of the reactor turn, then hand the records it queued
+        for the other owners to the wire at once: this runs among the reactor's timed calls,
+        where the connections' own C{callLater(0)} flush would only run after another poll
+        (a poll's worth of client commands, milliseconds under load, added to every write)."""
+        self.issue_queued()
+        flush = self._flush_peers
+        if flush is not None:
+            flush()
 
     def issue_queued(self) -> None:
         """Coordinate the writes L{put_run} queued, in order: the runs of one reactor turn

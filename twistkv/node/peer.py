@@ -938,6 +938,13 @@ class PeerProtocol(Protocol):
         if not self._batching and self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
 
+    def flush_now(self) -> None:
+        """Write what this turn produced now rather than at the armed flush call: for a
+        caller that queued requests from within the reactor's timed calls, where a new
+        C{callLater(0)} would only run after the next poll."""
+        if self._flush_call is not None:
+            self._flush()
+
     def _flush(self) -> None:
         """Write everything this turn produced in one C{transport.write}."""
         call, self._flush_call = self._flush_call, None
@@ -1230,6 +1237,13 @@ class PeerClientPool:
                     return
         for item in items:
             self.put(address, *item)
+
+    def flush_now(self) -> None:
+        """L{PeerProtocol.flush_now} on every connection: send what this turn queued."""
+        for link in self._links.values():
+            protocol = link.protocol
+            if protocol is not None:
+                protocol.flush_now()
 
     def get_many(self, address: str, items: Sequence[_GetItem]) -> None:
         """Read several keys' records from C{address} (L{PeerProtocol.get_many}): each item

@@ -166,8 +166,8 @@ class RespProtocol(Protocol):
         self._routes: dict[bytes, _Route] = {}
         #: Issues the writes the keyspace queued for the end of the turn (NodeContext.barrier).
         self._barrier = context.barrier
-        #: A reply waits, and its write may still be queued: call _barrier before the next
-        #: command.
+        #: A reply of this read waits, and its write may still be queued: call _barrier
+        #: before the next command of the read.
         self._unissued = False
 
     # -- connection lifecycle ---------------------------------------------
@@ -202,6 +202,10 @@ class RespProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        # What an earlier read queued was issued at the end of that reactor turn, before
+        # this read: only this read's own commands may need the barrier. (Calling it here
+        # would issue other clients' writes of this turn early, one by one.)
+        self._unissued = False
         parser = self._parser
         out: list[bytes] = []
         try:
