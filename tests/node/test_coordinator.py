@@ -43,6 +43,7 @@ from twistkv.node.coordinator import (
 from twistkv.node.durability import GroupCommitter
 from twistkv.node.peer import PeerTimeout, PeerUnavailable, report_put_outcomes
 from twistkv.node.replica import HintStore, ReplicaStore
+from twistkv.storage.errors import StoreIOError
 from twistkv.storage.interface import FsyncPolicy
 from twistkv.storage.memory import MemoryStore
 
@@ -1116,6 +1117,49 @@ def test_an_operation_after_a_queued_run_sees_it(clock: Clock) -> None:
         final = {"get": [b"queued"], "get_run": [b"queued"], "put": [b"later"], "delete": []}
         assert [v.value for v in coordinator.replica.read(b"k").versions
                 if not v.tombstone] == final[operation], operation
+
+
+def test_settling_a_mark_issues_only_what_is_still_queued(clock: Clock) -> None:
+    """settle(mark) issues the runs queued when the mark was taken if they have not gone
+    yet, and otherwise leaves the turn's later runs queued, to go together at its end."""
+    net = Net(clock, ["n1", "n2", "n3"], batching=True)
+    coordinator = net["n1"]
+    outcome(coordinator.put_run([(b"a", b"1")]))
+    mark = coordinator.mark()
+    coordinator.settle(mark)
+    assert net.stored("n1", b"a") == [b"1"]  # issued: the local copy is committed
+    outcome(coordinator.put_run([(b"b", b"2")]))
+    coordinator.settle(mark)  # its own write went already: b stays queued
+    assert net.stored("n1", b"b") == [] and coordinator.mark() == mark + 1
+    net.run(0.1)
+    assert net.stored("n1", b"b") == [b"2"]
+
+
+def test_a_store_failure_while_issuing_fails_only_its_writes(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store error while a queued run is minted fails each write of that run with it
+    (nothing of them was sent) and raises nowhere: the turn's other runs, and an operation
+    that issued the queue, go on."""
+    net = Net(clock, ["n1", "n2", "n3"], batching=True)
+    coordinator = net["n1"]
+    raw_many = coordinator.replica.raw_many
+    failures = [StoreIOError("disk on fire")]
+
+    def failing(keys: list[bytes]) -> list[bytes | None]:
+        if failures:
+            raise failures.pop()
+        return raw_many(keys)
+
+    monkeypatch.setattr(coordinator.replica, "raw_many", failing)
+    first = outcome(coordinator.put_run([(b"a", b"1"), (b"b", b"2")], ConsistencyLevel.ALL))
+    second = outcome(coordinator.put_run([(b"c", b"3")]))
+    read = outcome(coordinator.get_run([b"c"]))  # issues the queue first
+    net.run(0.1)
+    (errors,) = first
+    assert isinstance(errors, list) and [str(e) for e in errors] == ["disk on fire"] * 2
+    assert second == [None] and read == [[b"3"]]
+    assert net.stored("n2", b"a") == [] and net.stored("n2", b"c") == [b"3"]
 
 
 def test_shutdown_refuses_queued_runs_at_once(net3: Net) -> None:

@@ -67,27 +67,49 @@ def test_pipelined_writes_share_one_sync_and_reply_in_order(
     assert got == [x for i in range(16) for x in (b"OK", b"v%d" % (i % 10))]
 
 
-def test_a_command_after_a_waiting_reply_first_calls_the_barrier(
+class _Barrier:
+    """A write barrier that records when it is settled and whether that issued anything."""
+
+    def __init__(self, context: NodeContext) -> None:
+        self.context = context
+        self.issues = 0
+        self.settled: list[tuple[int, bool]] = []  # (GETs run so far, issued now)
+
+    def mark(self) -> int:
+        return self.issues
+
+    def settle(self, mark: int) -> None:
+        issued = mark == self.issues
+        if issued:
+            self.issues += 1
+        self.settled.append((self.context.stats.command("GET").calls, issued))
+
+
+def test_a_command_after_a_waiting_reply_first_settles_the_barrier(
     context: NodeContext, clock: Clock
 ) -> None:
-    """The command that follows one whose reply waits calls the context's barrier before it
-    runs (a cluster issues the SETs it queued for the end of the turn there, so that the
-    pipeline's later commands see them); commands after a ready reply, and the end of a
-    read, and the next read (the turn's end issued what an earlier read queued), do not, so
-    the writes of many clients can still go out together."""
-    gets_seen_by_barrier: list[int] = []
-    context.barrier = lambda: gets_seen_by_barrier.append(context.stats.command("GET").calls)
+    """The command that follows one whose reply waits settles the context's write barrier
+    before it runs (a cluster issues the SETs it queued for the end of the turn there, so
+    that the pipeline's later commands see them), with the mark taken when the reply began
+    to wait; commands after a ready reply, and the end of a read, settle nothing, so the
+    writes of many clients can still go out together. A later read settles the mark its
+    connection still holds: issued already when a turn ended in between (the barrier then
+    issues nothing), not when the read came in the same turn (as TLS records do)."""
+    barrier = _Barrier(context)
+    context.barrier = barrier
     protocol, transport = connect(context)
     protocol.dataReceived(b"SET a 1\r\nSET b 2\r\nGET a\r\nPING\r\nGET b\r\nSET c 3\r\n")
-    assert gets_seen_by_barrier == [0]  # once, before the first GET ran
+    assert barrier.settled == [(0, True)]  # once, before the first GET ran
+    protocol.dataReceived(b"GET c\r\n")  # the same turn: SET c's mark still holds
+    assert barrier.settled == [(0, True), (2, True)]
     clock.advance(0)
-    assert replies(transport) == [b"OK", b"OK", b"1", b"PONG", b"2", b"OK"]
-    protocol.dataReceived(b"GET c\r\nSET d 4\r\nPING\r\n")
-    # SET c was issued at the end of the turn before this read: the next read does not
-    # call the barrier for it (that would issue other clients' queued writes early).
-    assert gets_seen_by_barrier == [0, 3]  # once, for SET d, before PING
+    assert replies(transport) == [b"OK", b"OK", b"1", b"PONG", b"2", b"OK", b"3"]
+    protocol.dataReceived(b"SET d 4\r\n")
+    barrier.issues += 1  # the turn's end issued SET d
+    protocol.dataReceived(b"GET d\r\nPING\r\n")
+    assert barrier.settled == [(0, True), (2, True), (3, False)]
     clock.advance(0)
-    assert replies(transport) == [b"3", b"OK", b"PONG"]
+    assert replies(transport) == [b"OK", b"4", b"PONG"]
 
 
 def test_unknown_command_and_wrong_arity_keep_connection(context: NodeContext) -> None:

@@ -800,12 +800,14 @@ class ClusterKeyspace:
 
     def key_count(self) -> int:
         """Records on this node's replica (tombstones included): an approximation of DBSIZE."""
+        self._coordinator.issue_queued()  # the views include the SETs queued this turn
         return self._coordinator.replica.stats.records
 
     def scan(self, after: bytes | None, count: int,
              match: Callable[[bytes], bool] | None = None
              ) -> tuple[list[bytes], bytes | None]:
         """Like L{LocalKeyspace.scan}, over this node's replica only."""
+        self._coordinator.issue_queued()
         now = self.now_ms()
         keys: list[bytes] = []
         last: bytes | None = None
@@ -822,6 +824,7 @@ class ClusterKeyspace:
 
     def iter_keys(self, match: Callable[[bytes], bool] | None = None) -> Iterator[bytes]:
         """Every live key on this node's replica, in order."""
+        self._coordinator.issue_queued()
         now = self.now_ms()
         for key, record in self._coordinator.replica.iterate():
             if (match is None or match(key)) and live_value(record, now) is not None:

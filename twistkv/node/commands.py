@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
 from twisted.logger import Logger
@@ -68,6 +68,17 @@ class QuitConnection(Exception):
     """Raised by QUIT: reply, then close the connection."""
 
 
+class WriteBarrier(Protocol):
+    """Writes a keyspace queues for the end of the reactor turn (the cluster's plain SETs,
+    L{twistkv.node.coordinator.Coordinator.put_run}), issued on demand."""
+
+    def mark(self) -> int:
+        """A token for the writes queued so far."""
+
+    def settle(self, mark: int) -> None:
+        """Issue the writes queued when C{mark} was taken, unless they were issued since."""
+
+
 @dataclass
 class NodeContext:
     """What command handlers may touch: the keyspace, config and counters."""
@@ -82,11 +93,10 @@ class NodeContext:
     cluster: Any = None
     #: Stops the node process (LEAVE calls it once the node's ranges are handed over).
     shutdown: Callable[[], Any] | None = None
-    #: Issues writes the keyspace queued for the end of the reactor turn (the cluster's
-    #: plain SETs, L{twistkv.node.coordinator.Coordinator.put_run}). A connection calls it
-    #: before the command that follows one whose reply waits, so that pipelined commands
-    #: see the writes before them.
-    barrier: Callable[[], None] | None = None
+    #: The writes the keyspace queues for the end of the reactor turn (None: it queues
+    #: none). A connection marks it when a reply waits and settles the mark before the
+    #: next command, so that pipelined commands see the writes before them.
+    barrier: WriteBarrier | None = None
 
 
 @dataclass(eq=False)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from types import MappingProxyType
@@ -363,6 +363,23 @@ class _Runs:
         self.owners[index].settled(self.indexes[index], error)
 
 
+def _merged(
+    group: list[tuple[Sequence[tuple[bytes, bytes]], _Run]], consistency: ConsistencyLevel | None,
+) -> tuple[Sequence[tuple[bytes, bytes]], ConsistencyLevel | None, _Run | _Runs]:
+    """Several queued runs as one (L{Coordinator.issue_queued})."""
+    if len(group) == 1:
+        pairs, run = group[0]
+        return pairs, consistency, run
+    merged: list[tuple[bytes, bytes]] = []
+    owners: list[_Run] = []
+    indexes: list[int] = []
+    for some, run in group:
+        merged.extend(some)
+        owners.extend([run] * run.size)
+        indexes.extend(range(run.size))
+    return merged, consistency, _Runs(owners, indexes)
+
+
 #: What a write reports to when it belongs to a run (rather than to a Deferred of its own).
 _RUN_TYPES = (_Run, _Runs)
 
@@ -626,6 +643,8 @@ class Coordinator:
         self._queued: list[tuple[Sequence[tuple[bytes, bytes]], ConsistencyLevel | None,
                                  _Run]] = []
         self._queued_call: IDelayedCall | None = None
+        #: How many times queued runs were issued (L{mark}, L{settle}).
+        self.issues = 0
         #: Requests in flight by id, and a min-heap of (deadline, id) with lazy deletion:
         #: one DelayedCall for all of them instead of one per request (L{_track}).
         self._timed: dict[int, _Write | _Read | _FastRun | _FastRead] = {}
@@ -884,6 +903,19 @@ class Coordinator:
             self._queued_call = self._reactor.callLater(0, self._issue_at_turn_end)
         return run.deferred
 
+    def mark(self) -> int:
+        """A token for the writes queued so far (see L{settle})."""
+        return self.issues
+
+    def settle(self, mark: int) -> None:
+        """Issue the writes queued when C{mark} was taken, unless they were issued since.
+
+        A client connection calls this before the command that follows one whose write
+        may still be queued, so that the pipeline's later commands see it, without
+        issuing other clients' writes of the turn early when its own already went."""
+        if self.issues == mark and self._queued:
+            self.issue_queued()
+
     def _issue_at_turn_end(self) -> None:
         """L{issue_queued} at the end of the reactor turn, then hand the records it queued
         for the other owners to the wire at once: this runs among the reactor's timed calls,
@@ -896,7 +928,8 @@ class Coordinator:
 
     def issue_queued(self) -> None:
         """Coordinate the writes L{put_run} queued, in order: the runs of one reactor turn
-        (from every client) go together where they can, as one run."""
+        (from every client) go together where they can, as one run. Each write reports to
+        its run, failures included; this raises nothing."""
         call, self._queued_call = self._queued_call, None
         if call is not None and call.active():
             call.cancel()
@@ -904,6 +937,7 @@ class Coordinator:
         if not queued:
             return
         self._queued = []
+        self.issues += 1
         if self._stopped or self._put_via_pool is None or not self._ready() or (
             self._pending() is not None
         ):
@@ -912,49 +946,43 @@ class Coordinator:
                 for index, (key, value) in enumerate(pairs):
                     write(key, value, consistency, 0, None, False, None, run, index)
             return
-        if len(queued) == 1:
-            pairs, consistency, run = queued[0]
-            self._write_run(pairs, consistency, run)
-            return
-        write_run = self._write_run
+        for pairs, consistency, run in self._groups(queued):
+            try:
+                self._write_run(pairs, consistency, run)
+            except Exception:  # noqa: BLE001 - a bug here must not strand the other runs
+                _log.failure("coordinating a run of {count} queued writes failed",
+                             count=len(pairs))
+
+    @staticmethod
+    def _groups(
+        queued: list[tuple[Sequence[tuple[bytes, bytes]], ConsistencyLevel | None, _Run]],
+    ) -> Iterator[tuple[Sequence[tuple[bytes, bytes]], ConsistencyLevel | None, _Run | _Runs]]:
+        """C{queued} as runs to coordinate, in order: consecutive runs of one consistency
+        level that share no key are merged (L{_Runs}); a run that writes a key twice goes
+        alone (its second write must see the first, so it is minted write by write, and one
+        repeated key would cost a merged run its shared mint)."""
         group: list[tuple[Sequence[tuple[bytes, bytes]], _Run]] = []
         group_consistency: ConsistencyLevel | None = None
         seen: set[bytes] = set()
         for pairs, consistency, run in queued:
             keys = [key for key, _ in pairs]
             if group and (consistency != group_consistency or not seen.isdisjoint(keys)):
-                self._write_group(group, group_consistency)
+                yield _merged(group, group_consistency)
                 group = []
                 seen = set()
             before = len(seen)
             seen.update(keys)
             if len(seen) - before != len(keys):
-                # A run that writes a key twice goes alone (its second write must see the first).
-                if len(group):
-                    self._write_group(group, group_consistency)
+                if group:
+                    yield _merged(group, group_consistency)
                     group = []
-                write_run(pairs, consistency, run)
+                yield pairs, consistency, run
                 seen = set()
                 continue
             group.append((pairs, run))
             group_consistency = consistency
         if group:
-            self._write_group(group, group_consistency)
-
-    def _write_group(self, group: list[tuple[Sequence[tuple[bytes, bytes]], _Run]],
-                     consistency: ConsistencyLevel | None) -> None:
-        if len(group) == 1:
-            pairs, run = group[0]
-            self._write_run(pairs, consistency, run)
-            return
-        pairs: list[tuple[bytes, bytes]] = []
-        owners: list[_Run] = []
-        indexes: list[int] = []
-        for some, run in group:
-            pairs.extend(some)
-            owners.extend([run] * run.size)
-            indexes.extend(range(run.size))
-        self._write_run(pairs, consistency, _Runs(owners, indexes))
+            yield _merged(group, group_consistency)
 
     # -- runs of blind writes: the short way -----------------------------------------------
 
@@ -1043,7 +1071,12 @@ class Coordinator:
         fresh = 0
         local_waits: list[tuple[list[int], Deferred[None]]] = []
         count = 0
-        minted_run = self._mint_run(pairs, wall)
+        try:
+            minted_run = self._mint_run(pairs, wall)
+        except Exception as error:  # noqa: BLE001 - the store failed: each write hears why
+            for index in range(len(pairs)):
+                run.settled(index, error)
+            return
         for index, (key, value) in enumerate(pairs):
             if len(key) > MAX_KEY_BYTES:
                 run.settled(index, KeyTooLong(len(key)))
@@ -1066,7 +1099,11 @@ class Coordinator:
             assert isinstance(plan, _RunPlan)
             minted = None if minted_run is None else minted_run[index]
             if minted is None:
-                _, payload, stored = self._mint(key, value, 0, None, False, False, wall)
+                try:
+                    _, payload, stored = self._mint(key, value, 0, None, False, False, wall)
+                except Exception as error:  # noqa: BLE001 - nothing of it was sent: it fails alone
+                    run.settled(index, error)
+                    continue
             else:
                 payload, stored = minted
             count += 1
@@ -1356,9 +1393,15 @@ class Coordinator:
         version: Version | None
         if minted is not None:
             version, payload, stored = minted, encode_record(Record((minted,))), _UNSEEN
-        else:
+        elif run is None:
             version, payload, stored = self._mint(key, value, expires_at_ms, context, tombstone,
-                                                  run is None)
+                                                  True)
+        else:
+            try:
+                version, payload, stored = self._mint(key, value, expires_at_ms, context,
+                                                      tombstone, False)
+            except Exception as error:  # noqa: BLE001 - nothing was sent: the write fails alone
+                return self._refuse(error, run, run_index)
         fallbacks = successors[self.n:]
         if pending:
             fallbacks = tuple(node for node in fallbacks if node not in pending)

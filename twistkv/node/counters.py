@@ -211,6 +211,7 @@ class CounterService:
         if self._dropped_under is not None and self._dropped_under is not ring:
             self.renew_epoch()
             self._dropped_under = None
+        coordinator.issue_queued()  # the client's SETs queued before this increment first
         replica = coordinator.replica
         try:
             record = replica.read(key)

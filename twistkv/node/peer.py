@@ -1240,7 +1240,8 @@ class PeerClientPool:
 
     def flush_now(self) -> None:
         """L{PeerProtocol.flush_now} on every connection: send what this turn queued."""
-        for link in self._links.values():
+        # A copy: a failed send's errback may dial another peer (a stand-in) meanwhile.
+        for link in list(self._links.values()):
             protocol = link.protocol
             if protocol is not None:
                 protocol.flush_now()

@@ -164,11 +164,11 @@ class RespProtocol(Protocol):
         self._socket: socket.socket | None = None
         #: Command name as this client spells it -> (handler, arity, counters, command).
         self._routes: dict[bytes, _Route] = {}
-        #: Issues the writes the keyspace queued for the end of the turn (NodeContext.barrier).
+        #: The writes the keyspace queues for the end of the turn (NodeContext.barrier).
         self._barrier = context.barrier
-        #: A reply of this read waits, and its write may still be queued: call _barrier
-        #: before the next command of the read.
-        self._unissued = False
+        #: A reply waits and its write may still be queued: the barrier's mark, to settle
+        #: before the next command (None: nothing to settle).
+        self._unissued: int | None = None
 
     # -- connection lifecycle ---------------------------------------------
 
@@ -202,10 +202,6 @@ class RespProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        # What an earlier read queued was issued at the end of that reactor turn, before
-        # this read: only this read's own commands may need the barrier. (Calling it here
-        # would issue other clients' writes of this turn early, one by one.)
-        self._unissued = False
         parser = self._parser
         out: list[bytes] = []
         try:
@@ -264,12 +260,14 @@ class RespProtocol(Protocol):
         i = 0
         started = perf_counter()
         while i < count:
-            if self._unissued:
-                # The command before this one queued a write (a plain SET in a cluster waits
-                # for the end of the turn, to go with other clients' writes): issue it now,
-                # so that this command sees it, as a pipeline's commands see the ones before.
-                self._unissued = False
-                self._barrier()  # type: ignore[misc]
+            if self._unissued is not None:
+                # A command before this one may have queued a write (a plain SET in a cluster
+                # waits for the end of the turn, to go with other clients' writes): have it
+                # issued now, unless it went already, so that this command sees it, as a
+                # pipeline's commands see the ones before them. (The mark, not a flag: a
+                # later read may come in the same turn, as TLS records do, or in a later one.)
+                mark, self._unissued = self._unissued, None
+                self._barrier.settle(mark)  # type: ignore[union-attr]
             args = commands[i]
             i += 1
             name = args[0]
@@ -373,7 +371,8 @@ class RespProtocol(Protocol):
             out.clear()
         slot = _Slot()
         self._waiting.append(slot)
-        self._unissued = self._barrier is not None
+        if self._barrier is not None:
+            self._unissued = self._barrier.mark()
         reply.addCallbacks(
             self._deferred_reply, self._deferred_failure,
             callbackArgs=(slot, stat, started, run_size),

@@ -229,7 +229,7 @@ class KVNodeService(MultiService):
             hlc=self.local_keyspace.hlc, metadata=metadata,
         )
         self.context.cluster = self.cluster
-        self.context.barrier = self.cluster.coordinator.issue_queued
+        self.context.barrier = self.cluster.coordinator
         self.context.shutdown = self._shutdown_after_leave
         self._listen(config.peer_listen, self.cluster.server_factory)
         self.cluster.start()
