@@ -1162,6 +1162,25 @@ def test_a_store_failure_while_issuing_fails_only_its_writes(
     assert net.stored("n2", b"a") == [] and net.stored("n2", b"c") == [b"3"]
 
 
+def test_queued_runs_during_a_range_movement_also_reach_the_pending_owners(
+    clock: Clock,
+) -> None:
+    """While a range moves (a node joining), queued runs take the general path, which also
+    writes to the key's pending owner (the joining node), as a write sent alone would."""
+    net = Net(clock, ["n1", "n2", "n3", "n4"], batching=True)
+    joined = Ring(["n1", "n2", "n3", "n4"], VNODES)
+    net.ring = Ring(["n1", "n2", "n3"], VNODES)
+    key = next(b"key-%d" % i for i in range(10_000)
+               if "n4" in joined.preference_list(b"key-%d" % i, 3))
+    coordinator = net["n1"]
+    coordinator._pending = lambda: joined
+    results = outcome(coordinator.put_run([(key, b"moving"), (b"other", b"x")]))
+    net.run(0.1)
+    assert results == [None]
+    assert net.stored("n4", key) == [b"moving"]
+    assert all(net.stored(name, key) == [b"moving"] for name in ("n1", "n2", "n3"))
+
+
 def test_shutdown_refuses_queued_runs_at_once(net3: Net) -> None:
     """A node that stops answers the runs it had queued with UNAVAILABLE (shutting down)
     instead of leaving them unanswered, and issues nothing."""
