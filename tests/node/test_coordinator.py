@@ -1108,7 +1108,7 @@ def test_an_operation_after_a_queued_run_sees_it(clock: Clock) -> None:
             after = outcome(coordinator.put(b"k", b"later").addCallback(lambda _: None))
         else:
             after = outcome(coordinator.delete(b"k").addCallback(lambda _: None))
-        assert not any(call.func == coordinator.issue_queued
+        assert not any(call.func == coordinator._issue_at_turn_end and call.active()
                        for call in clock.getDelayedCalls()), operation
         net.run(0.1)
         assert written == [None], operation
@@ -1121,7 +1121,8 @@ def test_an_operation_after_a_queued_run_sees_it(clock: Clock) -> None:
 
 def test_settling_a_mark_issues_only_what_is_still_queued(clock: Clock) -> None:
     """settle(mark) issues the runs queued when the mark was taken if they have not gone
-    yet, and otherwise leaves the turn's later runs queued, to go together at its end."""
+    yet, and otherwise (or when nothing was queued then) leaves the turn's later runs
+    queued, to go together at its end."""
     net = Net(clock, ["n1", "n2", "n3"], batching=True)
     coordinator = net["n1"]
     outcome(coordinator.put_run([(b"a", b"1")]))
@@ -1133,33 +1134,46 @@ def test_settling_a_mark_issues_only_what_is_still_queued(clock: Clock) -> None:
     assert net.stored("n1", b"b") == [] and coordinator.mark() == mark + 1
     net.run(0.1)
     assert net.stored("n1", b"b") == [b"2"]
+    idle = coordinator.mark()  # nothing queued: a mark that never needs issuing
+    outcome(coordinator.put_run([(b"c", b"3")]))
+    coordinator.settle(idle)  # (a connection idle since its reply waited on nothing)
+    assert net.stored("n1", b"c") == []
 
 
 def test_a_store_failure_while_issuing_fails_only_its_writes(
     clock: Clock, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A store error while a queued run is minted fails each write of that run with it
-    (nothing of them was sent) and raises nowhere: the turn's other runs, and an operation
-    that issued the queue, go on."""
+    """A store error while a queued run is minted fails only the writes whose key it hit,
+    each with the error (nothing of them was sent): the run's lookup failing makes each
+    write mint alone, and raises nowhere; the turn's other writes, and an operation that
+    issued the queue, go on."""
     net = Net(clock, ["n1", "n2", "n3"], batching=True)
     coordinator = net["n1"]
-    raw_many = coordinator.replica.raw_many
+    raw_many, raw = coordinator.replica.raw_many, coordinator.replica.raw
     failures = [StoreIOError("disk on fire")]
 
-    def failing(keys: list[bytes]) -> list[bytes | None]:
+    def failing_lookup(keys: list[bytes]) -> list[bytes | None]:
         if failures:
             raise failures.pop()
         return raw_many(keys)
 
-    monkeypatch.setattr(coordinator.replica, "raw_many", failing)
-    first = outcome(coordinator.put_run([(b"a", b"1"), (b"b", b"2")], ConsistencyLevel.ALL))
-    second = outcome(coordinator.put_run([(b"c", b"3")]))
+    def failing_raw(key: bytes) -> bytes | None:
+        if key == b"a":
+            raise StoreIOError("bad sector under a")
+        return raw(key)
+
+    monkeypatch.setattr(coordinator.replica, "raw_many", failing_lookup)
+    monkeypatch.setattr(coordinator.replica, "raw", failing_raw)
+    first = outcome(coordinator.put_run([(b"a", b"1"), (b"b", b"2")]))
+    second = outcome(coordinator.put_run([(b"c", b"3")], ConsistencyLevel.ALL))
     read = outcome(coordinator.get_run([b"c"]))  # issues the queue first
     net.run(0.1)
     (errors,) = first
-    assert isinstance(errors, list) and [str(e) for e in errors] == ["disk on fire"] * 2
+    assert isinstance(errors, list) and [str(e) if e else e for e in errors] == [
+        "bad sector under a", None]
     assert second == [None] and read == [[b"3"]]
-    assert net.stored("n2", b"a") == [] and net.stored("n2", b"c") == [b"3"]
+    assert net.stored("n2", b"a") == [] and net.stored("n2", b"b") == [b"2"]
+    assert net.stored("n2", b"c") == [b"3"]
 
 
 def test_queued_runs_during_a_range_movement_also_reach_the_pending_owners(

@@ -91,8 +91,8 @@ def test_a_command_after_a_waiting_reply_first_settles_the_barrier(
     """The command that follows one whose reply waits settles the context's write barrier
     before it runs (a cluster issues the SETs it queued for the end of the turn there, so
     that the pipeline's later commands see them), with the mark taken when the reply began
-    to wait; commands after a ready reply, and the end of a read, settle nothing, so the
-    writes of many clients can still go out together. A later read settles the mark its
+    to wait; commands after a ready reply, a SET (it queues behind), and the end of a read
+    settle nothing, so the writes of many clients can still go out together. A later read settles the mark its
     connection still holds: issued already when a turn ended in between (the barrier then
     issues nothing), not when the read came in the same turn (as TLS records do)."""
     barrier = _Barrier(context)
@@ -100,10 +100,11 @@ def test_a_command_after_a_waiting_reply_first_settles_the_barrier(
     protocol, transport = connect(context)
     protocol.dataReceived(b"SET a 1\r\nSET b 2\r\nGET a\r\nPING\r\nGET b\r\nSET c 3\r\n")
     assert barrier.settled == [(0, True)]  # once, before the first GET ran
-    protocol.dataReceived(b"GET c\r\n")  # the same turn: SET c's mark still holds
+    protocol.dataReceived(b"SET e 5\r\n")  # a SET after a waiting reply: nothing to settle
+    protocol.dataReceived(b"GET c\r\n")  # the same turn: SET e's mark still holds
     assert barrier.settled == [(0, True), (2, True)]
     clock.advance(0)
-    assert replies(transport) == [b"OK", b"OK", b"1", b"PONG", b"2", b"OK", b"3"]
+    assert replies(transport) == [b"OK", b"OK", b"1", b"PONG", b"2", b"OK", b"OK", b"3"]
     protocol.dataReceived(b"SET d 4\r\n")
     barrier.issues += 1  # the turn's end issued SET d
     protocol.dataReceived(b"GET d\r\nPING\r\n")

@@ -904,8 +904,8 @@ class Coordinator:
         return run.deferred
 
     def mark(self) -> int:
-        """A token for the writes queued so far (see L{settle})."""
-        return self.issues
+        """A token for the writes queued so far (see L{settle}); -1 when none is."""
+        return self.issues if self._queued else -1
 
     def settle(self, mark: int) -> None:
         """Issue the writes queued when C{mark} was taken, unless they were issued since.
@@ -944,7 +944,10 @@ class Coordinator:
             write = self._write
             for pairs, consistency, run in queued:
                 for index, (key, value) in enumerate(pairs):
-                    write(key, value, consistency, 0, None, False, None, run, index)
+                    try:
+                        write(key, value, consistency, 0, None, False, None, run, index)
+                    except Exception:  # noqa: BLE001 - a bug here must not strand the others
+                        _log.failure("coordinating a queued write failed")
             return
         for pairs, consistency, run in self._groups(queued):
             try:
@@ -1073,10 +1076,8 @@ class Coordinator:
         count = 0
         try:
             minted_run = self._mint_run(pairs, wall)
-        except Exception as error:  # noqa: BLE001 - the store failed: each write hears why
-            for index in range(len(pairs)):
-                run.settled(index, error)
-            return
+        except Exception:  # noqa: BLE001 - the store failed: each write mints (or fails) alone
+            minted_run = None
         for index, (key, value) in enumerate(pairs):
             if len(key) > MAX_KEY_BYTES:
                 run.settled(index, KeyTooLong(len(key)))
@@ -1101,8 +1102,8 @@ class Coordinator:
             if minted is None:
                 try:
                     _, payload, stored = self._mint(key, value, 0, None, False, False, wall)
-                except Exception as error:  # noqa: BLE001 - nothing of it was sent: it fails alone
-                    run.settled(index, error)
+                except Exception as failure:  # noqa: BLE001 - nothing was sent: it fails alone
+                    run.settled(index, failure)
                     continue
             else:
                 payload, stored = minted
@@ -1400,8 +1401,8 @@ class Coordinator:
             try:
                 version, payload, stored = self._mint(key, value, expires_at_ms, context,
                                                       tombstone, False)
-            except Exception as error:  # noqa: BLE001 - nothing was sent: the write fails alone
-                return self._refuse(error, run, run_index)
+            except Exception as failure:  # noqa: BLE001 - nothing was sent: it fails alone
+                return self._refuse(failure, run, run_index)
         fallbacks = successors[self.n:]
         if pending:
             fallbacks = tuple(node for node in fallbacks if node not in pending)

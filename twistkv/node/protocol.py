@@ -260,14 +260,6 @@ class RespProtocol(Protocol):
         i = 0
         started = perf_counter()
         while i < count:
-            if self._unissued is not None:
-                # A command before this one may have queued a write (a plain SET in a cluster
-                # waits for the end of the turn, to go with other clients' writes): have it
-                # issued now, unless it went already, so that this command sees it, as a
-                # pipeline's commands see the ones before them. (The mark, not a flag: a
-                # later read may come in the same turn, as TLS records do, or in a later one.)
-                mark, self._unissued = self._unissued, None
-                self._barrier.settle(mark)  # type: ignore[union-attr]
             args = commands[i]
             i += 1
             name = args[0]
@@ -279,6 +271,16 @@ class RespProtocol(Protocol):
                     started = perf_counter()
                     continue
             handler, arity, stat, cmd, run, run_arity = route
+            if self._unissued is not None and cmd.name != "SET":
+                # A command before this one may have queued a write (a plain SET in a cluster
+                # waits for the end of the turn, to go with other clients' writes): have it
+                # issued now, unless it went already, so that this command sees it, as a
+                # pipeline's commands see the ones before them. (The mark, not a flag: a
+                # later read may come in the same turn, as TLS records do, or in a later one.
+                # A SET needs none: a plain one queues behind it, one with options is
+                # coordinated alone, which issues the queue first.)
+                mark, self._unissued = self._unissued, None
+                self._barrier.settle(mark)  # type: ignore[union-attr]
             nargs = len(args)
             if arity != nargs and (arity > 0 or nargs < -arity):
                 self._emit(encode(arity_error(cmd), session.protocol), out)
