@@ -22,20 +22,26 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import hiredis
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from twistkv.config import NodeConfig
 from twistkv.core.membership import MemberState
 from twistkv.core.quorum import ConsistencyLevel
 from twistkv.core.record import Version
 from twistkv.core.replication import version_clock
 from twistkv.core.versioning import hlc_physical_ms
 from twistkv.node.cluster import KEEP_TTL, ClusterOptions, ClusterRuntime, NotSupported
+from twistkv.node.commands import NodeContext
 from twistkv.node.coordinator import QuorumUnavailable, ReadResult
 from twistkv.node.durability import GroupCommitter
+from twistkv.node.metrics import NodeStats
+from twistkv.node.protocol import RespFactory
 from twistkv.storage.interface import FsyncPolicy
 from twistkv.storage.memory import MemoryStore
 from twistkv.testing import SimulatedNetwork
@@ -435,6 +441,42 @@ def test_cluster_keyspace_mirrors_the_local_keyspace_operations() -> None:
     assert ks1.key_count() == 3  # tombstones of a and b included until collected
     refused = wait(cluster, ks1.flush())
     assert isinstance(refused, Failure) and refused.check(NotSupported)
+
+
+def test_a_pipeline_split_over_reads_of_one_turn_sees_its_sets(tmp_path: Path) -> None:
+    """Plain SETs wait for the end of the reactor turn, yet a client's later commands see
+    them even when they arrive in another read of the same turn (TLS hands over one record
+    at a time): INCR continues from the SET's value, KEYS and DBSIZE count it, GET reads
+    it; and two connections' SETs of one turn, issued by that INCR, still reach each replica
+    together, in one PUT_BATCH ahead of the increment."""
+    cluster = three_nodes(seed=18)
+    n1 = cluster.nodes[0]
+    context = NodeContext(keyspace=n1.rt.keyspace,  # type: ignore[arg-type]
+                          config=NodeConfig(node_id="n1", data_dir=tmp_path),
+                          stats=NodeStats(), started_at=0.0, barrier=n1.rt.coordinator)
+    clients = []
+    for _ in range(2):
+        protocol = RespFactory(context).buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        clients.append((protocol, transport))
+    (first, first_out), (second, second_out) = clients
+    served = cluster.nodes[1].rt.coordinator.stats.served
+    batches = served.get("PUT_BATCH", 0)
+    first.dataReceived(b"SET split-a 5\r\n")
+    second.dataReceived(b"SET split-b 1\r\n")
+    first.dataReceived(b"INCR split-a\r\nKEYS split-*\r\nDBSIZE\r\nGET split-b\r\n")
+    cluster.run(1.0)
+    reader = hiredis.Reader()
+    reader.feed(first_out.value())
+    got = []
+    while (item := reader.gets()) is not False:
+        got.append(item)
+    assert got[:3] == [b"OK", 6, [b"split-a", b"split-b"]] and got[4] == b"1"
+    assert isinstance(got[3], int) and got[3] >= 2
+    assert second_out.value() == b"+OK\r\n"
+    # The INCR issued both queued SETs: one PUT_BATCH for them, ahead of the increment.
+    assert served.get("PUT_BATCH", 0) == batches + 1
 
 
 def test_pipelined_sets_travel_batched_and_a_run_answers_at_its_consistency() -> None:
