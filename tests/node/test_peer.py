@@ -611,6 +611,25 @@ def test_pool_flush_now_writes_the_turns_frames_at_once() -> None:
     assert len(client_io.writes) == before + 1
 
 
+def test_pool_flush_now_survives_an_errback_that_dials_another_peer() -> None:
+    """A send that fails inside flush_now (here: too many requests outstanding) runs its
+    errback at once; a coordinator's errback may hand the write to a stand-in, which dials
+    a new peer and so adds a link while flush_now walks them. It must not break off."""
+    net = FakeNet(never, limits=PeerLimits(max_outstanding=1))
+    hanging = net.pool.request("b:7380", Frame("GET", 0, {"key": "x"}))
+    net.flush()
+    assert pending(hanging)
+    seen: list[str] = []
+
+    def to_stand_in(failure: Failure) -> None:
+        seen.append(type(failure.value).__name__)
+        net.pool.put("c:7380", "PUT", b"k", b"r", 1.0, lambda *a: None, lambda *a: None)
+
+    net.pool.put("b:7380", "PUT", b"k", b"r", 1.0, lambda *a: None, to_stand_in)
+    net.pool.flush_now()
+    assert seen == ["PeerBusy"]
+
+
 def test_refused_connect_fails_requests_and_backs_off_with_growing_intervals() -> None:
     """A refused connect fails the queued request; the next ones fail fast without dialling
     until a jittered interval passes, and the interval grows with each failure."""
