@@ -33,6 +33,7 @@ from twistkv.core.quorum import ConsistencyLevel
 from twistkv.core.record import Record, Version, decode_record, encode_record
 from twistkv.core.ring import Ring
 from twistkv.core.versioning import HybridLogicalClock
+from twistkv.node import coordinator as coordinator_module
 from twistkv.node.coordinator import (
     Coordinator,
     HintDelivery,
@@ -1017,6 +1018,37 @@ def test_runs_issued_at_the_end_of_the_turn_go_to_the_wire_at_once(clock: Clock)
     clock.advance(0)
     assert pool.flushes_after == [len(net.sent)] and len(net.sent) > 0
 
+
+
+def test_a_slice_of_queued_writes_leaves_before_the_turn_ends(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once _ISSUE_AT writes are queued they are coordinated and handed to the wire at once,
+    in the middle of the turn (the owners store them while this node reads on); the writes
+    queued after them wait for the next slice or the turn's end, and every run still gets
+    its own outcome."""
+    net = Net(clock, ["n1", "n2", "n3"], batching=True)
+    coordinator = net["n1"]
+    pool = _FlushingPool(net, "n1")
+    coordinator._flush_peers = pool.flush_now
+    groups = _record_groups(coordinator, monkeypatch)
+    size = coordinator_module._ISSUE_AT // 4
+    runs = [[(b"c%d-k%d" % (client, i), b"v") for i in range(size)] for client in range(6)]
+    results = [outcome(coordinator.put_run(runs[client])) for client in range(3)]
+    assert groups == [] and pool.flushes_after == []  # below a slice: queued
+    results.append(outcome(coordinator.put_run(runs[3])))
+    assert groups == [4 * size]  # the fourth run made a slice: issued with the three before it
+    assert pool.flushes_after == [len(net.sent)]
+    assert [len(_put_batches(net, "n1", peer)) for peer in ("n2", "n3")] == [1, 1]
+    results += [outcome(coordinator.put_run(runs[client])) for client in (4, 5)]
+    assert groups == [4 * size]
+    clock.advance(0)
+    assert groups == [4 * size, 2 * size] and len(pool.flushes_after) == 2
+    net.run(0.1)
+    assert results == [[None]] * 6
+    for pairs in runs:
+        for key, value in pairs:
+            assert all(net.stored(name, key) == [value] for name in ("n1", "n2", "n3"))
 
 @pytest.mark.parametrize("fault", sorted(_RUN_FAULTS))
 def test_runs_issued_together_report_to_their_own_callers(fault: str, clock: Clock) -> None:
