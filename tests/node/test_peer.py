@@ -33,8 +33,10 @@ from twistkv.core.peerwire import (
     get_batch_answer,
     parse_get_batch,
     parse_put_batch,
+    put_batch_frames,
     unquote,
 )
+from twistkv.node import peer as peer_module
 from twistkv.node.peer import (
     BatchAnswers,
     PeerBusy,
@@ -980,6 +982,43 @@ def test_report_put_outcomes_logs_a_failing_acked_and_still_reports_per_record()
             if "log_failure" in event] == ["acked bug"]
     report_put_outcomes(chunk, [None, "overloaded"])
     assert answered == [("a", "ACK"), ("b", "NACK")]
+
+
+def test_batch_frames_are_encoded_once_for_owners_sent_the_same_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connections to a write's other owners send the same records: the second reuses
+    the frames the first made (one encoding), while records, keys or verbs that differ in
+    any place are encoded again; the frames are always those put_batch_frames makes."""
+    encoded: list[int] = []
+
+    def counting(items: Any) -> list[tuple[Frame, int]]:
+        encoded.append(len(items))
+        return put_batch_frames(items)
+
+    monkeypatch.setattr(peer_module, "put_batch_frames", counting)
+    shared = peer_module._SharedBatchFrames()
+    records = [b"record-%d" % i for i in range(3)]
+
+    def items(verbs: list[str], keys: list[bytes], values: list[bytes], owner: str) -> list[Any]:
+        return [(verb, key, value, 5.0, no_handler, no_handler, owner)
+                for verb, key, value in zip(verbs, keys, values, strict=True)]
+
+    puts, keys = ["PUT"] * 3, [b"a", b"b", b"c"]
+    first = shared(items(puts, keys, records, "n2"))
+    assert shared(items(puts, keys, records, "n3")) is first and encoded == [3]
+    variants = [(puts, keys, records[:2] + [b"other"]),
+                (puts, [b"a", b"x", b"c"], records),
+                (["PUT", "PUT", "DEL"], keys, records)]
+    for verbs, variant_keys, values in variants:
+        shared = peer_module._SharedBatchFrames()
+        shared(items(puts, keys, records, "n2"))
+        batch = items(verbs, variant_keys, values, "n3")
+        frames = shared(batch)
+        assert [(frame.payload, count) for frame, count in frames] == [
+            (frame.payload, count) for frame, count in put_batch_frames(batch)]
+        assert frames[0][0].payload != first[0][0].payload
+    assert encoded == [3] * 7
 
 
 def test_records_put_by_a_failing_batchs_callbacks_still_leave() -> None:

@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from operator import itemgetter
 from typing import Any, TypeAlias
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
@@ -356,6 +357,48 @@ def report_put_outcomes(chunk: Sequence[_BatchItem], outcomes: Sequence[str | No
             item[4](answer, *item[6:])
         except Exception:
             _log.failure("Answer callback for a PUT_BATCH record failed")
+
+
+class _SharedBatchFrames:
+    """C{put_batch_frames}, reusing the frames it made last when the next connection sends
+    the same records.
+
+    A coordinator sends each write's record to every other owner, so in the usual turn the
+    connections to a key range's owners send the same records, in the same order: encoding
+    costs about 0.45 us a record, finding them the same about 0.05 (C{==} on lists of the
+    very same objects compares identities). Only equal verbs, keys and records reuse frames,
+    so the bytes sent are always those C{put_batch_frames} would make.
+    """
+
+    __slots__ = ("_verbs", "_keys", "_records", "_frames")
+
+    _verb_of = itemgetter(0)
+    _key_of = itemgetter(1)
+    _record_of = itemgetter(2)
+
+    def __init__(self) -> None:
+        self._verbs: list[str] = []
+        self._keys: list[bytes] = []
+        self._records: list[bytes] = []
+        self._frames: list[tuple[Frame, int]] = []
+
+    def __call__(self, items: Sequence[_BatchItem]) -> list[tuple[Frame, int]]:
+        """The C{PUT_BATCH} frames of C{items} (as L{put_batch_frames}).
+
+        @raise InvalidFrameError: as L{put_batch_frames}.
+        """
+        records = list(map(self._record_of, items))
+        keys = list(map(self._key_of, items))
+        verbs = list(map(self._verb_of, items))
+        if records == self._records and keys == self._keys and verbs == self._verbs:
+            return self._frames
+        frames = put_batch_frames(items)
+        self._verbs, self._keys, self._records, self._frames = verbs, keys, records, frames
+        return frames
+
+
+#: The one L{_SharedBatchFrames} of this process: every connection's batches go through it.
+_batch_frames = _SharedBatchFrames()
 
 
 def _report(callback: Callback, outcome: object, args: tuple[object, ...]) -> None:
@@ -822,7 +865,7 @@ class PeerProtocol(Protocol):
         """Turn this turn's L{put} records into C{PUT_BATCH} requests (in L{_flush})."""
         items, self._batch = self._batch, []
         try:
-            frames = put_batch_frames(items)
+            frames = _batch_frames(items)
         except InvalidFrameError as error:  # our bug; the callers should hear of it
             self._batch_failed(Failure(error), items)
             return
