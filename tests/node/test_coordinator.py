@@ -1032,23 +1032,50 @@ def test_a_slice_of_queued_writes_leaves_before_the_turn_ends(
     pool = _FlushingPool(net, "n1")
     coordinator._flush_peers = pool.flush_now
     groups = _record_groups(coordinator, monkeypatch)
-    size = coordinator_module._ISSUE_AT // 4
-    runs = [[(b"c%d-k%d" % (client, i), b"v") for i in range(size)] for client in range(6)]
+    slice_size = coordinator_module._ISSUE_AT
+    small = (slice_size - 1) // 3  # three runs stay below a slice
+    sizes = [small, small, small, slice_size - 3 * small, small, small]
+    runs = [[(b"c%d-k%d" % (client, i), b"v") for i in range(size)]
+            for client, size in enumerate(sizes)]
     results = [outcome(coordinator.put_run(runs[client])) for client in range(3)]
     assert groups == [] and pool.flushes_after == []  # below a slice: queued
     results.append(outcome(coordinator.put_run(runs[3])))
-    assert groups == [4 * size]  # the fourth run made a slice: issued with the three before it
+    assert groups == [slice_size]  # the fourth run made a slice: issued with the three before
     assert pool.flushes_after == [len(net.sent)]
     assert [len(_put_batches(net, "n1", peer)) for peer in ("n2", "n3")] == [1, 1]
     results += [outcome(coordinator.put_run(runs[client])) for client in (4, 5)]
-    assert groups == [4 * size]
+    assert groups == [slice_size]
     clock.advance(0)
-    assert groups == [4 * size, 2 * size] and len(pool.flushes_after) == 2
+    assert groups == [slice_size, 2 * small] and len(pool.flushes_after) == 2
     net.run(0.1)
     assert results == [[None]] * 6
     for pairs in runs:
         for key, value in pairs:
             assert all(net.stored(name, key) == [value] for name in ("n1", "n2", "n3"))
+
+
+def test_a_slice_queued_by_a_callback_of_an_issue_waits_for_it(clock: Clock) -> None:
+    """A write settled while queued runs are issued can fire a callback that queues a whole
+    slice; that slice must not be coordinated before the issue's later runs (an earlier
+    write of the same key would then be minted after it, and win): it waits for the issue."""
+    net = Net(clock, ["n1", "n2", "n3"], batching=True)
+    coordinator = net["n1"]
+    later = [(b"k", b"from the callback")] + [
+        (b"filler-%d" % i, b"v") for i in range(coordinator_module._ISSUE_AT)]
+    chained: list[Deferred[object]] = []
+
+    def queue_a_slice(_: object) -> None:
+        chained.append(coordinator.put_run(later))
+
+    # ONE: this node's own copy settles the first run during the issue, firing the callback.
+    coordinator.put_run([(b"a", b"1")], ConsistencyLevel.ONE).addCallback(queue_a_slice)
+    coordinator.put_run([(b"k", b"queued first")])  # QUORUM: a run of its own, issued after
+    clock.advance(0)
+    assert len(chained) == 1
+    net.run(0.1)
+    assert outcome(chained[0]) == [None]
+    assert all(net.stored(name, b"k") == [b"from the callback"] for name in ("n1", "n2", "n3"))
+
 
 @pytest.mark.parametrize("fault", sorted(_RUN_FAULTS))
 def test_runs_issued_together_report_to_their_own_callers(fault: str, clock: Clock) -> None:

@@ -984,6 +984,58 @@ def test_report_put_outcomes_logs_a_failing_acked_and_still_reports_per_record()
     assert answered == [("a", "ACK"), ("b", "NACK")]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_batch_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no PUT_BATCH frames kept from another (process-wide memo)."""
+    monkeypatch.setattr(peer_module, "_batch_frames", peer_module._SharedBatchFrames())
+
+
+def test_two_connections_sending_the_same_records_encode_them_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through real connections: the same records put on two peers' connections in a turn
+    are encoded once, and both replicas receive exactly the batch put_batch_frames makes."""
+    encoded: list[int] = []
+
+    def counting(items: Any) -> list[tuple[Frame, int]]:
+        encoded.append(len(items))
+        return put_batch_frames(items)
+
+    monkeypatch.setattr(peer_module, "put_batch_frames", counting)
+    replicas = [BatchReplica(), BatchReplica()]
+    pairs = [Pair(replica) for replica in replicas]
+    for pair in pairs:
+        pair.flush()
+    records = [(b"key-%d" % i, b"record-%d" % i) for i in range(5)]
+    answers: list[str] = []
+    for pair in pairs:
+        for key, record in records:
+            pair.client.put("PUT", key, record, 5.0,
+                            lambda frame, _: answers.append(frame.verb), no_handler, None)
+        pair.clock.advance(0)
+        pair.flush()
+    assert encoded == [5]
+    expected = put_batch_frames([("PUT", key, record) for key, record in records])
+    assert [[frame.payload for frame in replica.frames] for replica in replicas] == [
+        [expected[0][0].payload]] * 2
+    assert answers == ["ACK"] * 10
+
+
+def test_a_batch_above_one_frame_is_not_kept() -> None:
+    """Frames of a batch too big for one frame (or one frame above MAX_BATCH_BYTES) are not
+    kept for reuse, so an idle node does not hold a large batch; a one-frame batch is."""
+    shared = peer_module._SharedBatchFrames()
+    big = b"x" * (MAX_BATCH_BYTES // 2)
+    large = [("PUT", b"a", big), ("PUT", b"b", big), ("PUT", b"c", big)]
+    first = shared(large)
+    assert len(first) > 1
+    again = shared(list(large))
+    assert again is not first and [f.payload for f, _ in again] == [f.payload for f, _ in first]
+    small = [("PUT", b"a", b"r")]
+    kept = shared(small)
+    assert shared(list(small)) is kept
+
+
 def test_batch_frames_are_encoded_once_for_owners_sent_the_same_records(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -655,6 +655,9 @@ class Coordinator:
         self._queued_call: IDelayedCall | None = None
         #: How many writes L{_queued} holds (issued at once from L{_ISSUE_AT}).
         self._queued_writes = 0
+        #: Whether L{issue_queued} is coordinating: a slice queued meanwhile by a callback
+        #: it fired waits for it to end (it must not overtake the writes still to go).
+        self._issuing = False
         #: How many times queued runs were issued (L{mark}, L{settle}).
         self.issues = 0
         #: Requests in flight by id, and a min-heap of (deadline, id) with lazy deletion:
@@ -912,7 +915,7 @@ class Coordinator:
         run = _Run(len(pairs))
         self._queued.append((pairs, consistency, run))
         self._queued_writes += len(pairs)
-        if self._queued_writes >= _ISSUE_AT:
+        if self._queued_writes >= _ISSUE_AT and not self._issuing:
             self._issue_at_turn_end()  # a slice's worth: to the owners now (see _ISSUE_AT)
         elif self._queued_call is None:
             self._queued_call = self._reactor.callLater(0, self._issue_at_turn_end)
@@ -954,6 +957,16 @@ class Coordinator:
         self._queued = []
         self._queued_writes = 0
         self.issues += 1
+        self._issuing = True
+        try:
+            self._issue(queued)
+        finally:
+            self._issuing = False
+
+    def _issue(
+        self, queued: list[tuple[Sequence[tuple[bytes, bytes]], ConsistencyLevel | None, _Run]],
+    ) -> None:
+        """L{issue_queued}'s work on the runs it took from the queue."""
         if self._stopped or self._put_via_pool is None or not self._ready() or (
             self._pending() is not None
         ):

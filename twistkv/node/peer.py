@@ -56,6 +56,7 @@ from twistkv.core.peerwire import (
     DEFAULT_MAX_PAYLOAD,
     FEATURE_GET_BATCH,
     FEATURE_PUT_BATCH,
+    MAX_BATCH_BYTES,
     MAX_LINE,
     MAX_REQUEST_ID,
     NOT_SENT,
@@ -367,7 +368,10 @@ class _SharedBatchFrames:
     connections to a key range's owners send the same records, in the same order: encoding
     costs about 0.45 us a record, finding them the same about 0.05 (C{==} on lists of the
     very same objects compares identities). Only equal verbs, keys and records reuse frames,
-    so the bytes sent are always those C{put_batch_frames} would make.
+    so the bytes sent are always those C{put_batch_frames} (with its default limits, the
+    only ones senders use) would make. A batch of more than one frame, or of a frame
+    above L{MAX_BATCH_BYTES} (one large record), is not kept: an idle node holds at most
+    one frame's worth.
     """
 
     __slots__ = ("_verbs", "_keys", "_records", "_frames")
@@ -393,7 +397,10 @@ class _SharedBatchFrames:
         if records == self._records and keys == self._keys and verbs == self._verbs:
             return self._frames
         frames = put_batch_frames(items)
-        self._verbs, self._keys, self._records, self._frames = verbs, keys, records, frames
+        if len(frames) == 1 and len(frames[0][0].payload) <= MAX_BATCH_BYTES:
+            self._verbs, self._keys, self._records, self._frames = verbs, keys, records, frames
+        else:
+            self._verbs, self._keys, self._records, self._frames = [], [], [], []
         return frames
 
 
