@@ -2,7 +2,10 @@
 """A 3-node twistkv cluster vs a single twistkv node, under the same redis-benchmark runs.
 
 A benchmark, not a test: it never fails on a slow result. In one run it
-measures, one configuration at a time and each on fresh processes:
+starts every configuration on fresh processes, then measures them in turns
+(with --repeat N: N rounds, each configuration once per round, the order
+reversed every other round, the median run kept), so that the machine's drift
+in speed falls on all of them alike:
 
   single   one twistkv node, --storage memory
   quorum   3 local nodes, --storage memory, defaults N=3 R=2 W=2
@@ -371,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="use this -n for every workload (before --quick's division)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--repeat", type=int, default=1,
-                   help="run each benchmark N times and keep the median-ops/s run")
+                   help="run N rounds (each configuration once per round, in turns) and "
+                        "keep each benchmark's median-ops/s run")
     p.add_argument("--profile", metavar="DIR",
                    help="after the quorum runs, record py-spy on node 1 (the coordinator) "
                         "under SET -c 50 -P 16 and print the top 15 functions by self time")
@@ -421,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     converge: dict[str, float] = {}
     status = 0
     try:
+        clusters: list[tuple[str, list[Server]]] = []
         for config in configs:
             if config == "single":
                 nodes: list[Server] = [rc.make_twistkv("memory", args.twistd, root)]
@@ -435,12 +440,20 @@ def main(argv: list[str] | None = None) -> int:
                 converge[config] = took
                 print(f"  {config}: MEMBERS shows {CLUSTER_SIZE} alive on every node, "
                       f"SET/GET probe ok ({took:.1f}s)", flush=True)
-            coordinator, peers = nodes[0], nodes[1:]
+            clusters.append((config, nodes))
+        # Every configuration stays up and they take turns, round by round (the order
+        # reversed every other round): this machine's speed drifts by tens of percent
+        # within minutes, and measuring one configuration after the other would put that
+        # drift into the ratios. An idle cluster only gossips.
+        runs_of: dict[tuple[str, str], list[tuple[dict[str, Any], float, list[float | None]]]]
+        runs_of = {(config, workload): [] for config in configs for workload in workloads}
+        commands: dict[str, list[str]] = {}
+        for round_index in range(args.repeat):
+            order = clusters if round_index % 2 == 0 else clusters[::-1]
             for workload in workloads:
                 n = max(1, (args.requests or rc.WORKLOADS[workload][2]) // scale)
-                runs = []
-                cmd: list[str] = []
-                for _ in range(args.repeat):
+                for config, nodes in order:
+                    coordinator, peers = nodes[0], nodes[1:]
                     t0 = time.monotonic()
                     cpu0 = [cpu_seconds(node.proc.pid) if node.proc is not None else None
                             for node in nodes]
@@ -450,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      n, timeout=max(120.0, 2 * n / 1000),
                                                      max_rss_mb=args.max_rss_mb)
                     elapsed = time.monotonic() - t0
+                    commands[workload] = cmd
                     if watch.problem:
                         raise BenchError(f"{watch.problem} during {config} {workload}")
                     for node in nodes:
@@ -457,7 +471,17 @@ def main(argv: list[str] | None = None) -> int:
                             raise BenchError(f"{node.label} died during the benchmark:\n"
                                              + node.log_tail())
                     # -t set,get: n SETs then n GETs, so the CPU covers 2n requests.
-                    runs.append((rows, elapsed, cpu_per_request(nodes, cpu0, 2 * n)))
+                    cpu = cpu_per_request(nodes, cpu0, 2 * n)
+                    runs_of[config, workload].append((rows, elapsed, cpu))
+                    r = {t: rows.get(t, {}).get("rps", 0) for t in ("SET", "GET")}
+                    cpu_text = " ".join("-" if c is None else f"{c:.0f}" for c in cpu)
+                    print(f"  round {round_index + 1} {config:<7} {workload:<8} "
+                          f"SET {r['SET']:>9,.0f}/s GET {r['GET']:>9,.0f}/s  ({elapsed:.1f}s; "
+                          f"CPU us/request by node {cpu_text})", flush=True)
+        for config, nodes in clusters:
+            for workload in workloads:
+                runs = runs_of[config, workload]
+                n = max(1, (args.requests or rc.WORKLOADS[workload][2]) // scale)
                 for test in ("SET", "GET"):
                     got = sorted(((r[test], cpu) for r, _, cpu in runs if test in r),
                                  key=lambda x: x[0]["rps"])
@@ -465,24 +489,20 @@ def main(argv: list[str] | None = None) -> int:
                         median, cpu = got[len(got) // 2]
                         results.append({"config": config, "workload": workload, "test": test,
                                         "nodes": len(nodes), "n": n,
-                                        "command": " ".join(cmd[1:]),
+                                        "command": " ".join(commands[workload][1:]),
                                         "all_rps": [g["rps"] for g, _ in got],
                                         "cpu_us_per_request_by_node": cpu, **median})
-                r = {t: runs[-1][0].get(t, {}).get("rps", 0) for t in ("SET", "GET")}
-                cpu_text = " ".join("-" if c is None else f"{c:.0f}" for c in runs[-1][2])
-                print(f"  {config:<7} {workload:<8} SET {r['SET']:>9,.0f}/s "
-                      f"GET {r['GET']:>9,.0f}/s  ({runs[-1][1]:.1f}s; CPU us/request by node "
-                      f"{cpu_text})", flush=True)
             if py_spy and config == "quorum":
                 out = Path(args.profile) / "quorum-set-p16-node1.txt"
-                print(f"  profiling {coordinator.label} for {args.profile_seconds:.0f}s under "
+                print(f"  profiling {nodes[0].label} for {args.profile_seconds:.0f}s under "
                       "SET -c 50 -P 16 ...", flush=True)
-                top = profile_set(py_spy, args.redis_benchmark, coordinator,
+                top = profile_set(py_spy, args.redis_benchmark, nodes[0],
                                   args.profile_seconds, out)
                 profiles["quorum/SET/p16-c50/n1"] = {
                     "file": str(out),
                     "top_self": [{"function": f, "samples": s, "self_pct": sp, "total_pct": tp}
                                  for f, s, sp, tp in top]}
+        for _, nodes in clusters:
             for node in nodes:
                 node.stop()
     except KeyboardInterrupt:
