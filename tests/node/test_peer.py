@@ -1358,7 +1358,7 @@ def test_the_empty_key_travels_alone_beside_batches() -> None:
     verbs = sorted(frame.verb for frame in replica.frames)
     assert verbs == ["GET", "GET", "GET_BATCH", "PUT", "PUT", "PUT_BATCH"]
     (batch,) = [f for f in replica.frames if f.verb == "PUT_BATCH"]
-    assert [entry.key for entry in parse_put_batch(batch)] == [b"b", b"c"]
+    assert [key for _, key, _ in parse_put_batch(batch)] == [b"b", b"c"]
     (reads,) = [f for f in replica.frames if f.verb == "GET_BATCH"]
     assert parse_get_batch(reads) == [b"a"]
     assert sorted(seen, key=str) == sorted([
