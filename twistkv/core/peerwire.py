@@ -1218,7 +1218,6 @@ def parse_batch_outcomes(frame: Frame, expected: int) -> list[str | None]:
     return outcomes
 
 
-
 # -- GET_BATCH (docs/peer-protocol.md §5.2.2) ---------------------------------------------------
 #
 #   GET_BATCH <id> len=<n>  + count(u32) (key_len(u32) key)*
