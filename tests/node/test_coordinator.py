@@ -1077,6 +1077,30 @@ def test_a_slice_queued_by_a_callback_of_an_issue_waits_for_it(clock: Clock) -> 
     assert all(net.stored(name, b"k") == [b"from the callback"] for name in ("n1", "n2", "n3"))
 
 
+def test_a_slice_waits_for_an_issue_even_after_one_nested_in_it(clock: Clock) -> None:
+    """A callback fired during an issue can issue again (put() first issues what is queued):
+    when that nested issue ends the outer one is still coordinating, so a slice queued next
+    must still wait for it (else it overtakes the outer issue's later runs)."""
+    net = Net(clock, ["n1", "n2", "n3"], batching=True)
+    coordinator = net["n1"]
+    later = [(b"k", b"from the callback")] + [
+        (b"filler-%d" % i, b"v") for i in range(coordinator_module._ISSUE_AT)]
+    chained: list[Deferred[object]] = []
+
+    def nest_then_queue_a_slice(_: object) -> None:
+        coordinator.put_run([(b"x", b"1")])
+        coordinator.put(b"y", b"2")  # issues the queue: an issue nested in the first
+        chained.append(coordinator.put_run(later))
+
+    coordinator.put_run([(b"a", b"1")], ConsistencyLevel.ONE).addCallback(
+        nest_then_queue_a_slice)
+    coordinator.put_run([(b"k", b"queued first")])
+    clock.advance(0)
+    net.run(0.1)
+    assert outcome(chained[0]) == [None]
+    assert all(net.stored(name, b"k") == [b"from the callback"] for name in ("n1", "n2", "n3"))
+
+
 @pytest.mark.parametrize("fault", sorted(_RUN_FAULTS))
 def test_runs_issued_together_report_to_their_own_callers(fault: str, clock: Clock) -> None:
     """Runs queued in one turn get, write by write, the outcomes and stored copies that one

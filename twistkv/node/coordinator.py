@@ -957,11 +957,11 @@ class Coordinator:
         self._queued = []
         self._queued_writes = 0
         self.issues += 1
-        self._issuing = True
+        issuing, self._issuing = self._issuing, True  # an issue can nest (put() in a callback)
         try:
             self._issue(queued)
         finally:
-            self._issuing = False
+            self._issuing = issuing
 
     def _issue(
         self, queued: list[tuple[Sequence[tuple[bytes, bytes]], ConsistencyLevel | None, _Run]],
