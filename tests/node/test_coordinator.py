@@ -1054,10 +1054,15 @@ def test_a_slice_of_queued_writes_leaves_before_the_turn_ends(
             assert all(net.stored(name, key) == [value] for name in ("n1", "n2", "n3"))
 
 
-def test_a_slice_queued_by_a_callback_of_an_issue_waits_for_it(clock: Clock) -> None:
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "after-a-nested-issue"])
+def test_a_slice_queued_by_a_callback_of_an_issue_waits_for_it(
+    nested: bool, clock: Clock,
+) -> None:
     """A write settled while queued runs are issued can fire a callback that queues a whole
     slice; that slice must not be coordinated before the issue's later runs (an earlier
-    write of the same key would then be minted after it, and win): it waits for the issue."""
+    write of the same key would then be minted after it, and win): it waits for the issue.
+    So it must when the callback first issued again (put() issues what is queued): when
+    that nested issue ends, the outer one is still coordinating."""
     net = Net(clock, ["n1", "n2", "n3"], batching=True)
     coordinator = net["n1"]
     later = [(b"k", b"from the callback")] + [
@@ -1065,6 +1070,9 @@ def test_a_slice_queued_by_a_callback_of_an_issue_waits_for_it(clock: Clock) -> 
     chained: list[Deferred[object]] = []
 
     def queue_a_slice(_: object) -> None:
+        if nested:
+            coordinator.put_run([(b"x", b"1")])
+            coordinator.put(b"y", b"2")  # issues the queue: an issue nested in the first
         chained.append(coordinator.put_run(later))
 
     # ONE: this node's own copy settles the first run during the issue, firing the callback.
@@ -1072,30 +1080,6 @@ def test_a_slice_queued_by_a_callback_of_an_issue_waits_for_it(clock: Clock) -> 
     coordinator.put_run([(b"k", b"queued first")])  # QUORUM: a run of its own, issued after
     clock.advance(0)
     assert len(chained) == 1
-    net.run(0.1)
-    assert outcome(chained[0]) == [None]
-    assert all(net.stored(name, b"k") == [b"from the callback"] for name in ("n1", "n2", "n3"))
-
-
-def test_a_slice_waits_for_an_issue_even_after_one_nested_in_it(clock: Clock) -> None:
-    """A callback fired during an issue can issue again (put() first issues what is queued):
-    when that nested issue ends the outer one is still coordinating, so a slice queued next
-    must still wait for it (else it overtakes the outer issue's later runs)."""
-    net = Net(clock, ["n1", "n2", "n3"], batching=True)
-    coordinator = net["n1"]
-    later = [(b"k", b"from the callback")] + [
-        (b"filler-%d" % i, b"v") for i in range(coordinator_module._ISSUE_AT)]
-    chained: list[Deferred[object]] = []
-
-    def nest_then_queue_a_slice(_: object) -> None:
-        coordinator.put_run([(b"x", b"1")])
-        coordinator.put(b"y", b"2")  # issues the queue: an issue nested in the first
-        chained.append(coordinator.put_run(later))
-
-    coordinator.put_run([(b"a", b"1")], ConsistencyLevel.ONE).addCallback(
-        nest_then_queue_a_slice)
-    coordinator.put_run([(b"k", b"queued first")])
-    clock.advance(0)
     net.run(0.1)
     assert outcome(chained[0]) == [None]
     assert all(net.stored(name, b"k") == [b"from the callback"] for name in ("n1", "n2", "n3"))
