@@ -50,8 +50,11 @@ class MemoryStore:
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         values = list(map(self._data.get, keys))
         if None in values:  # the checks of get, which only misses need
-            for key in keys:
-                self.get(key)
+            if self._closed:
+                raise _closed_error()
+            for key, value in zip(keys, values, strict=True):
+                if value is None and type(key) is not bytes:
+                    raise TypeError(f"store keys must be bytes, not {type(key).__name__}")
         return values
 
     def write(self, ops: Sequence[WriteOp]) -> None:
