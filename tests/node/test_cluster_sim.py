@@ -500,3 +500,25 @@ def test_pipelined_sets_travel_batched_and_a_run_answers_at_its_consistency() ->
     assert isinstance(errors, list) and len(errors) == 2
     assert all(isinstance(error, QuorumUnavailable) for error in errors)
     assert wait(cluster, n1.rt.keyspace.set_run([(b"x", b"1"), (b"y", b"2")]), 0.5) is None
+
+
+def test_runs_of_one_turn_share_a_put_batch_and_each_counts_its_own_acks() -> None:
+    """Two runs queued in one turn that cannot merge (both write one key) are coordinated
+    apart, yet reach each replica in one PUT_BATCH; the batch's answer counts every record's
+    ack for the run it came from: at ALL, which needs every replica's ack, both runs are
+    acknowledged within a second, and the later write of the shared key wins everywhere."""
+    cluster = three_nodes(seed=19)
+    n1, n2, n3 = cluster.nodes
+    served = n2.rt.coordinator.stats.served
+    batches = served.get("PUT_BATCH", 0)
+    strict = n1.rt.keyspace.at(ConsistencyLevel.ALL)
+    outcomes: list[object] = []
+    strict.set_run([(b"shared", b"first"), (b"a", b"1")]).addBoth(outcomes.append)
+    strict.set_run([(b"b", b"2"), (b"c", b"3"), (b"shared", b"second")]).addBoth(
+        outcomes.append)
+    cluster.run(1.0)
+    assert outcomes == [None, None]
+    assert served.get("PUT_BATCH", 0) == batches + 1
+    for node in (n1, n2, n3):
+        record = node.rt.replica.read(b"shared")
+        assert record is not None and [v.value for v in record.versions] == [b"second"]
