@@ -1422,6 +1422,37 @@ def test_runs_follow_a_ring_change_within_the_plan_window(clock: Clock) -> None:
                 and frame.verb == "GET_BATCH"]
 
 
+@pytest.mark.parametrize("names", [["n1", "n2"], ["n1", "n2", "n3"], ["n1", "n2", "n3", "n4"]])
+def test_runs_hash_keys_only_when_the_ring_has_more_members_than_n(
+    names: list[str], clock: Clock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With N=3 and three members or fewer every key lives on every member, so runs of
+    writes and reads place keys without hashing them (no Ring.vnode_of call) and still
+    store on, and read from, every member; with four members each key is hashed and goes
+    to its own three owners only."""
+    hashed: list[bytes] = []
+    vnode_of = Ring.vnode_of
+
+    def counting(ring: Ring, key: bytes) -> int:
+        hashed.append(key)
+        return vnode_of(ring, key)
+
+    monkeypatch.setattr(Ring, "vnode_of", counting)
+    net = Net(clock, names, batching=True)
+    keys = [b"key-%d" % i for i in range(40)]
+    written = outcome(net["n1"].put_run([(key, b"v-" + key) for key in keys]))
+    net.run(0.01)
+    read = outcome(net["n1"].get_run(keys, ConsistencyLevel.ALL).addCallback(list))
+    net.run(0.01)
+    assert written == [None]
+    assert read == [[b"v-" + key for key in keys]]
+    assert hashed == ([] if len(names) <= 3 else keys + keys)
+    for key in keys:
+        owners = net.ring.preference_list(key, 3)
+        assert len(owners) == min(3, len(names))
+        assert [name for name in names if net.stored(name, key)] == sorted(owners)
+
+
 def test_get_run_answers_from_identical_replies_without_repairs(net3: Net, clock: Clock) -> None:
     """With every owner holding the same records, a run of reads is answered from the
     replies' bytes: one GET_BATCH per peer, no promotion, no read repair."""
