@@ -288,10 +288,10 @@ class PeerWatch:
 
 
 def profile_set(py_spy: str, redis_benchmark: str, node: Server, seconds: float,
-                out: Path) -> list[tuple[str, int, float, float]]:
+                out: Path, keyspace: int = rc.KEYSPACE) -> list[tuple[str, int, float, float]]:
     """py-spy on the coordinating node for `seconds` under SET -c 50 -P 16."""
     cmd = [redis_benchmark, "-h", "127.0.0.1", "-p", str(node.port), "-t", "set",
-           "-c", "50", "-P", "16", "-r", str(rc.KEYSPACE), "-n", "100000000", "-q"]
+           "-c", "50", "-P", "16", "-r", str(keyspace), "-n", "100000000", "-q"]
     bench = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              stdin=subprocess.DEVNULL, preexec_fn=rc._die_with_parent)
     try:
@@ -400,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", "-n", type=int, metavar="N",
                    help="use this -n for every workload (before --quick's division)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--keyspace", type=int, default=rc.KEYSPACE, metavar="N",
+                   help="redis-benchmark -r N: random keys drawn from N (default %(default)s); "
+                        "a small one fits the CPU caches three nodes' copies overflow")
     p.add_argument("--repeat", type=int, default=1,
                    help="run N rounds (each configuration once per round, in turns) and "
                         "keep each benchmark's median-ops/s run")
@@ -432,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     if rc.cmd_output(["git", "-C", str(REPO), "status", "--porcelain", "--", "twistkv"]):
         info["twistkv_git"] += "+dirty"
     print(f"twistkv {CLUSTER_SIZE}-node local cluster vs single node "
-          f"(redis-benchmark --csv, -t set,get, -r {rc.KEYSPACE}, against node 1)")
+          f"(redis-benchmark --csv, -t set,get, -r {args.keyspace}, against node 1)")
     print(f"machine: nproc={info['nproc']} cpu={info['cpu_model']!r} kernel={info['kernel']}")
     print(f"         python {info['python']} ({info['python_impl']}), {info['redis_benchmark']}")
     print(f"         loadavg at start {info['loadavg_at_start']}, twistkv {info['twistkv_git']}, "
@@ -452,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     converge: dict[str, float] = {}
     #: parallel_speed() before each round.
     speeds: list[float] = []
+    #: "config/workload/test" -> its ops/s over the single node's, round by round.
+    round_ratios: dict[str, list[float]] = {}
     status = 0
     try:
         clusters: list[tuple[str, list[Server]]] = []
@@ -475,10 +480,11 @@ def main(argv: list[str] | None = None) -> int:
         # tables: a fresh cluster's four -P 16 runs in a row gave 57k, 78k, 89k and 92k
         # SET/s, so whichever configuration went first in a round was measured colder.
         for config, nodes in clusters:
-            n = max(1, 3 * rc.KEYSPACE // scale)
+            n = max(1, 3 * args.keyspace // scale)
             t0 = time.monotonic()
             rc.run_benchmark(args.redis_benchmark, nodes[0], "p16-c50", n,
-                             timeout=max(120.0, 2 * n / 1000), max_rss_mb=args.max_rss_mb)
+                             timeout=max(120.0, 2 * n / 1000), max_rss_mb=args.max_rss_mb,
+                             keyspace=args.keyspace)
             print(f"  {config}: loaded, {n:,} SETs and GETs at -P 16, not measured "
                   f"({time.monotonic() - t0:.1f}s)", flush=True)
         # Every configuration stays up and they take turns, round by round (the order
@@ -505,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
                         # generous: assumes at least 1000 ops/s for SET + GET
                         cmd, rows = rc.run_benchmark(args.redis_benchmark, coordinator, workload,
                                                      n, timeout=max(120.0, 2 * n / 1000),
-                                                     max_rss_mb=args.max_rss_mb)
+                                                     max_rss_mb=args.max_rss_mb,
+                                                     keyspace=args.keyspace)
                     elapsed = time.monotonic() - t0
                     commands[workload] = cmd
                     if watch.problem:
@@ -522,6 +529,20 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  round {round_index + 1} {config:<7} {workload:<8} "
                           f"SET {r['SET']:>9,.0f}/s GET {r['GET']:>9,.0f}/s  ({elapsed:.1f}s; "
                           f"CPU us/request by node {cpu_text})", flush=True)
+        # Each round measured every configuration within a minute or so: its own ratio
+        # pairs figures taken in one phase of the machine, where the medians above may
+        # come from different rounds. Printed to show the spread, not judged.
+        for config, workload in runs_of:
+            if config == "single" or ("single", workload) not in runs_of:
+                continue
+            for test in ("SET", "GET"):
+                paired = [ours[test]["rps"] / single[test]["rps"]
+                          for (ours, _, _), (single, _, _) in zip(
+                              runs_of[config, workload], runs_of["single", workload],
+                              strict=True)
+                          if test in ours and single.get(test, {}).get("rps")]
+                if paired:
+                    round_ratios[f"{config}/{workload}/{test}"] = paired
         for config, nodes in clusters:
             for workload in workloads:
                 runs = runs_of[config, workload]
@@ -541,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  profiling {nodes[0].label} for {args.profile_seconds:.0f}s under "
                       "SET -c 50 -P 16 ...", flush=True)
                 top = profile_set(py_spy, args.redis_benchmark, nodes[0],
-                                  args.profile_seconds, out)
+                                  args.profile_seconds, out, args.keyspace)
                 profiles["quorum/SET/p16-c50/n1"] = {
                     "file": str(out),
                     "top_self": [{"function": f, "samples": s, "self_pct": sp, "total_pct": tp}
@@ -572,6 +593,10 @@ def main(argv: list[str] | None = None) -> int:
         if speeds:
             print("two busy cores each ran at " + ", ".join(f"{s:.0%}" for s in speeds)
                   + " of one alone, before each round (the cluster needs both)")
+        if len(speeds) > 1:
+            for key, paired in round_ratios.items():
+                print(f"{key} vs single, round by round: "
+                      + " ".join(f"{ratio:.3f}x" for ratio in paired))
         print(f"target: QUORUM SET >= 0.30x single-node SET: {verdicts.count('PASS')} PASS, "
               f"{verdicts.count('MISS')} MISS" if verdicts else
               "target: QUORUM SET >= 0.30x single (not evaluated: needs single and quorum)")
@@ -583,8 +608,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(
                 {"machine": info, "quick": args.quick, "repeat": args.repeat,
-                 "keyspace": rc.KEYSPACE, "cluster_size": CLUSTER_SIZE,
+                 "keyspace": args.keyspace, "cluster_size": CLUSTER_SIZE,
                  "converge_s": converge, "parallel_speed_by_round": speeds,
+                 "ratio_to_single_by_round": round_ratios,
                  "results": results, "comparisons": comparisons,
                  "targets": {f"{c}/{t}": {"kind": "ratio_to_single", "threshold": v}
                              for (c, t), v in TARGETS.items()},

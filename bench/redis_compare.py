@@ -363,11 +363,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_benchmark(redis_benchmark: str, server: Server, workload: str, n: int,
-                  timeout: float, max_rss_mb: float) -> tuple[list[str], dict[str, dict[str, float]]]:
+                  timeout: float, max_rss_mb: float, keyspace: int = KEYSPACE,
+                  ) -> tuple[list[str], dict[str, dict[str, float]]]:
     """Run one redis-benchmark; watch the server so a runaway never takes the machine down."""
     _, extra, _ = WORKLOADS[workload]
     cmd = [redis_benchmark, "-h", "127.0.0.1", "-p", str(server.port), "-t", "set,get",
-           "-n", str(n), "-r", str(KEYSPACE), "--csv", *extra]
+           "-n", str(n), "-r", str(keyspace), "--csv", *extra]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         bench = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
