@@ -21,6 +21,7 @@ from twistkv.core.replication import (
     collectable,
     context_clock,
     encode_sole_writer,
+    encode_sole_writer_run,
     increment_version,
     merge_versions,
     new_version,
@@ -30,6 +31,7 @@ from twistkv.core.replication import (
     replica_is_stale,
     required_replies,
     sole_writer_clock,
+    sole_writer_clocks,
     sole_writer_value,
     supersedes_sole_writer,
     version_clock,
@@ -579,3 +581,34 @@ def test_encode_sole_writer_is_encode_record(version: Version) -> None:
                              version.expires_at_ms, counter, version.tombstone)
     assert raw == encode_record(Record((version,)))
     assert sole_writer_clock(raw, single_writer_block(node)) == (version.hlc, counter)
+
+
+@given(st.lists(st.tuples(st.one_of(st.none(), st.binary(max_size=60), any_records),
+                          st.sampled_from([b"", b"x", b"yy"])), max_size=8),
+       st.integers(1, 8))
+def test_a_run_is_minted_as_each_write_alone(
+    stored_and_values: list[tuple[bytes | None, bytes]], first_hlc: int
+) -> None:
+    """sole_writer_clocks is sole_writer_clock record by record, and encode_sole_writer_run
+    gives each write encode_sole_writer's record, stamped first_hlc + its position, over
+    what was stored: None over another writer's record, else a version whose clock
+    descends the stored one's (counters at or past the stamp included)."""
+    block = single_writer_block("a")
+    raws = [raw for raw, _ in stored_and_values]
+    values = [value for _, value in stored_and_values]
+    clocks = sole_writer_clocks(raws, block)
+    assert clocks == [None if raw is None else sole_writer_clock(raw, block) for raw in raws]
+    minted = encode_sole_writer_run(block, values, first_hlc, raws, clocks)
+    assert len(minted) == len(raws)
+    for index, (raw, value, clock, entry) in enumerate(
+            zip(raws, values, clocks, minted, strict=True)):
+        if raw is not None and clock is None:
+            assert entry is None
+            continue
+        assert entry is not None
+        record, superseded = entry
+        assert superseded is raw
+        ts = first_hlc + index
+        counter = ts if clock is None or clock[1] < ts else clock[1] + 1
+        assert record == encode_sole_writer(block, value, ts, 0, counter, False)
+        assert supersedes_sole_writer(raw, record)

@@ -83,6 +83,7 @@ from twistkv.core.record import (
 from twistkv.core.replication import (
     context_clock,
     encode_sole_writer,
+    encode_sole_writer_run,
     new_version,
     next_stand_in,
     plan_write_targets,
@@ -90,6 +91,7 @@ from twistkv.core.replication import (
     replica_is_stale,
     required_replies,
     sole_writer_clock,
+    sole_writer_clocks,
     sole_writer_value,
     supersedes_sole_writer,
 )
@@ -1198,7 +1200,7 @@ class Coordinator:
             return None
         raws = self.replica.raw_many(keys)
         block = self._block
-        clocks = [None if raw is None else sole_writer_clock(raw, block) for raw in raws]
+        clocks = sole_writer_clocks(raws, block)
         newest = max([clock[0] for clock in clocks if clock is not None], default=0)
         hlc = self.hlc
         try:
@@ -1207,18 +1209,7 @@ class Coordinator:
             first = hlc.tick(wall)
         if len(keys) > 1:
             hlc.tick_many(wall, len(keys) - 1)  # first + 1 .. first + len - 1: _last is first
-        minted: list[tuple[bytes, bytes | None] | None] = []
-        append = minted.append
-        for index, (value, raw, clock) in enumerate(
-            zip([value for _, value in pairs], raws, clocks, strict=True)
-        ):
-            if raw is not None and clock is None:
-                append(None)
-                continue
-            ts = first + index
-            counter = ts if clock is None or clock[1] < ts else clock[1] + 1
-            append((encode_sole_writer(block, value, ts, 0, counter, False), raw))
-        return minted
+        return encode_sole_writer_run(block, [value for _, value in pairs], first, raws, clocks)
 
     def _commit_run(
         self, fast: _FastRun, staged: dict[bytes, bytes], indexes: list[int], fresh: int,
