@@ -34,6 +34,7 @@ from twistkv.core.replication import (
     sole_writer_clocks,
     sole_writer_value,
     supersedes_sole_writer,
+    supersedes_sole_writer_run,
     version_clock,
 )
 from twistkv.core.versioning import Ordering, VectorClock, pack_hlc
@@ -612,3 +613,33 @@ def test_a_run_is_minted_as_each_write_alone(
         counter = ts if clock is None or clock[1] < ts else clock[1] + 1
         assert record == encode_sole_writer(block, value, ts, 0, counter, False)
         assert supersedes_sole_writer(raw, record)
+
+
+@given(st.lists(st.tuples(st.one_of(st.none(), st.binary(max_size=60), any_records),
+                          st.one_of(st.binary(max_size=60), any_records)), max_size=8))
+def test_a_batch_is_checked_as_each_record_alone(pairs: list[tuple[bytes | None, bytes]]) -> None:
+    """supersedes_sole_writer_run answers what supersedes_sole_writer answers pair by pair,
+    for records of several writers and lengths, damaged ones and garbage among them (its
+    per-block memo and layout must not leak from one record to the next)."""
+    stored = [old for old, _ in pairs]
+    incoming = [new for _, new in pairs]
+    assert supersedes_sole_writer_run(stored, incoming) == [
+        supersedes_sole_writer(old, new) for old, new in pairs]
+
+
+def test_a_batch_check_keeps_each_writers_verdict_apart() -> None:
+    """Writers of one batch are judged apart: one named in bad UTF-8, one whose clock names
+    another node, one with a longer name (another record layout), and a stored record of
+    another writer; each answer is supersedes_sole_writer's."""
+    good, other, longer = (single_writer_block(name) for name in ("a", "b", "node-22"))
+    new = encode_sole_writer(good, b"v", 6, 0, 6, False)
+    bad_name = new.replace(b"\x01a\x00\x01\x01a", b"\x01\xff\x00\x01\x01\xff")
+    foreign_clock = new.replace(b"\x01a\x00\x01\x01a", b"\x01a\x00\x01\x01b")
+    long_new = encode_sole_writer(longer, b"v", 6, 0, 6, False)
+    long_old = encode_sole_writer(longer, b"o", 5, 0, 5, False)
+    old_other = encode_sole_writer(other, b"o", 5, 0, 5, False)
+    stored = [None, None, None, None, long_old, old_other, long_old, new]
+    incoming = [new, bad_name, foreign_clock, new, long_new, new, new, long_new]
+    verdicts = supersedes_sole_writer_run(stored, incoming)
+    assert verdicts == [supersedes_sole_writer(old, raw) for old, raw in zip(stored, incoming)]
+    assert verdicts == [True, False, False, True, True, False, False, False]

@@ -74,6 +74,7 @@ __all__ = [
     "sole_writer_clock",
     "sole_writer_clocks",
     "supersedes_sole_writer",
+    "supersedes_sole_writer_run",
     "sole_writer_value",
     "collectable",
     "context_clock",
@@ -529,6 +530,61 @@ def supersedes_sole_writer(stored: bytes | None, incoming: bytes) -> bool:
     version, count, flags, _, _, writer, ours, size = layout.unpack_from(stored)
     return (version == 1 and count == 1 and flags <= 1 and writer == block and ours >= 1
             and layout.size + size == len(stored) and counter > ours)
+
+
+def supersedes_sole_writer_run(
+    stored: Sequence[bytes | None], incoming: Sequence[bytes]
+) -> list[bool]:
+    """L{supersedes_sole_writer} of each pair of C{stored} and C{incoming}, in one loop: a
+    replica checks a C{PUT_BATCH}'s records together. A batch's records nearly all come from
+    one writer, so the checks of the writer block alone (its two names agree, the name is
+    UTF-8) are made once per distinct block."""
+    verdicts: list[bool] = []
+    append = verdicts.append
+    #: Writer block -> (well formed, its name is UTF-8).
+    blocks: dict[bytes, tuple[bool, bool]] = {}
+    last_length = -1
+    layout = unpack = None
+    size = 0
+    for old, raw in zip(stored, incoming, strict=True):
+        if len(raw) <= _BLOCK_AT:
+            append(False)
+            continue
+        name_length = raw[_BLOCK_AT]
+        if name_length != last_length:
+            last_length = name_length
+            layout = _SOLE_LAYOUTS.get(name_length) or _sole_layout(name_length)
+            unpack, size = layout.unpack_from, layout.size
+        assert unpack is not None
+        if len(raw) < size:
+            append(False)
+            continue
+        version, count, flags, _, _, block, counter, length = unpack(raw)
+        if (version != 1 or count != 1 or flags > 1 or counter < 1
+                or size + length != len(raw)):
+            append(False)
+            continue
+        known = blocks.get(block)
+        if known is None:
+            name = block[:name_length + 1]  # the str8, length byte included
+            try:
+                name[1:].decode("utf-8")
+            except UnicodeDecodeError:
+                utf8 = False
+            else:
+                utf8 = True
+            known = blocks[block] = (block[name_length + 1:] == b"\x00\x01" + name, utf8)
+        if not known[0]:
+            append(False)
+        elif old is None:
+            append(known[1])
+        elif len(old) < size:
+            append(False)
+        else:
+            version, count, flags, _, _, writer, ours, length = unpack(old)
+            append(version == 1 and count == 1 and flags <= 1 and writer == block
+                   and ours >= 1 and size + length == len(old) and counter > ours)
+    return verdicts
 
 
 def sole_writer_value(raw: bytes) -> tuple[bytes, int, bool] | None:

@@ -94,6 +94,7 @@ from twistkv.core.replication import (
     sole_writer_clocks,
     sole_writer_value,
     supersedes_sole_writer,
+    supersedes_sole_writer_run,
 )
 from twistkv.core.ring import Ring
 from twistkv.core.versioning import ClockSkewError, HybridLogicalClock, VectorClock
@@ -2206,11 +2207,17 @@ class Coordinator:
         raw_of = replica.raw
         #: What is stored for each entry's key when the batch arrived (one store call), and
         #: the keys written since by the general path (read again: their bytes changed).
+        prefetched: list[bytes | None] = []
+        #: Whether each record supersedes its key's prefetched bytes, checked in one loop
+        #: (a key the batch already wrote is checked against what it wrote); None when the
+        #: store failed: each record then reads, and gets its own storage error, below.
+        verdicts: list[bool] | None = None
         try:
-            prefetched: list[bytes | None] | None = replica.raw_many(
-                [entry[1] for entry in entries])
+            prefetched = replica.raw_many([entry[1] for entry in entries])
         except StorageError:
-            prefetched = None  # each record gets its own storage error below
+            pass
+        else:
+            verdicts = supersedes_sole_writer_run(prefetched, [entry[2] for entry in entries])
         rewritten: set[bytes] = set()
         #: The current run: key -> the record to store (a key's last record supersedes its
         #: earlier ones), and the indexes the run's commit answers for.
@@ -2240,14 +2247,17 @@ class Coordinator:
             if payload and (verb != "DEL" or payload[3:4] == b"\x01"):
                 stored = staged.get(key)
                 if stored is None:
-                    if prefetched is None or key in rewritten:
+                    if verdicts is None or key in rewritten:
                         stored = raw_of(key)
+                        fresh = stored is None
+                        supersedes = supersedes_sole_writer(stored, payload)
                     else:
-                        stored = prefetched[index]
-                    fresh = stored is None
+                        fresh = prefetched[index] is None
+                        supersedes = verdicts[index]
                 else:
                     fresh = False
-                if supersedes_sole_writer(stored, payload):
+                    supersedes = supersedes_sole_writer(stored, payload)
+                if supersedes:
                     staged[key] = payload
                     staged_indexes.append(index)
                     new_records += fresh
