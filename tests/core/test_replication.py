@@ -641,5 +641,6 @@ def test_a_batch_check_keeps_each_writers_verdict_apart() -> None:
     stored = [None, None, None, None, long_old, old_other, long_old, new]
     incoming = [new, bad_name, foreign_clock, new, long_new, new, new, long_new]
     verdicts = supersedes_sole_writer_run(stored, incoming)
-    assert verdicts == [supersedes_sole_writer(old, raw) for old, raw in zip(stored, incoming)]
+    assert verdicts == [supersedes_sole_writer(old, raw)
+                        for old, raw in zip(stored, incoming, strict=True)]
     assert verdicts == [True, False, False, True, True, False, False, False]

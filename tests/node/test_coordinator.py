@@ -9,7 +9,7 @@ the simulated network is exercised by test_cluster_sim.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -775,6 +775,32 @@ def test_put_batch_records_of_a_refused_commit_each_answer_storage_error(
     assert isinstance(answer, Frame)
     assert parse_batch_outcomes(answer, 2) == ["storage_error", "storage_error"]
     assert node.replica.read(b"a") is None and node.replica.read(b"b") is None
+
+
+class _UnreadableStore(MemoryStore):
+    """A store whose reads fail (a disk gone bad under the data) while writes still work."""
+
+    def get(self, key: bytes) -> bytes | None:
+        raise StoreIOError("read failed: input/output error")
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        raise StoreIOError("read failed: input/output error")
+
+
+def test_put_batch_records_that_cannot_be_read_against_answer_storage_error(
+    clock: Clock,
+) -> None:
+    """When the store cannot be read, each record of a PUT_BATCH (one of one writer, one of
+    another that must merge) is answered storage_error in the batch's answer, rather than
+    the whole batch failing, and nothing is stored."""
+    store = _UnreadableStore()
+    node = lone_coordinator("n2", store, GroupCommitter(store, FsyncPolicy.NEVER, clock),
+                            clock)
+    answer = node.handle("n1", _batch(("PUT", b"a", _sole(b"one", "n1", 1)),
+                                      ("PUT", b"b", _sole(b"two", "n3", 1))))
+    assert isinstance(answer, Frame) and answer.verb == "VAL"
+    assert parse_batch_outcomes(answer, 2) == ["storage_error", "storage_error"]
+    assert store.approximate_size_bytes() == 0
 
 
 def test_repeated_blind_writes_mint_what_the_general_path_would(net3: Net) -> None:

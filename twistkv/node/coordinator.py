@@ -577,9 +577,9 @@ _P = TypeVar("_P")
 #: replication factor N (three nodes at N=3): every key is then owned by every member, with
 #: no fallbacks, so runs skip the key hash and vnode lookup (7% of a coordinator's time
 #: under pipelined SETs, py-spy). Only the owners' order differs by key; runs and the
-#: writes and reads they promote ask every owner, so nothing but the order an error names
-#: them in depends on it. Not a vnode index (those are >= 0); a ring uses it for all its
-#: keys or none, and a new ring clears the plans.
+#: writes and reads they promote ask every owner and count replies, and errors sort the
+#: replicas they name, so nothing depends on it. Not a vnode index (those are >= 0); a
+#: ring uses it for all its keys or none, and a new ring clears the plans.
 _ONE_PLAN = -2
 
 
@@ -698,7 +698,8 @@ class Coordinator:
         self._on_read_run_answer = self._read_run_answer
         self._on_read_run_error = self._read_run_error
         #: The run plans of the ring C{_plans_ring} (L{_run_plan}) by consistency: one dict
-        #: by vnode (L{Ring.vnode_of}: what each write looks up) and one by preference list
+        #: by vnode (L{Ring.vnode_of}: what each write looks up; L{_ONE_PLAN} alone on a
+        #: ring of N members or fewer) and one by preference list
         #: (so each distinct list is planned once, however many vnodes share it); made
         #: afresh at most _RUN_PLAN_TTL seconds after C{_plans_since}.
         self._run_plans: dict[ConsistencyLevel | None, tuple[dict[int, _RunPlan | None],
@@ -2142,7 +2143,10 @@ class Coordinator:
         ):
             # The usual replica write: a record of one writer superseding what we hold of it
             # is stored as it came, without decoding and merging (the result is the same).
-            stored = self.replica.raw(key)
+            try:
+                stored = self.replica.raw(key)
+            except StorageError as error:
+                return ("storage_error", str(error)), None
             if supersedes_sole_writer(stored, payload):
                 try:
                     return None, self.replica.replace(key, payload, stored)
@@ -2210,7 +2214,8 @@ class Coordinator:
         prefetched: list[bytes | None] = []
         #: Whether each record supersedes its key's prefetched bytes, checked in one loop
         #: (a key the batch already wrote is checked against what it wrote); None when the
-        #: store failed: each record then reads, and gets its own storage error, below.
+        #: store failed: each record then reads on its own, and one whose read fails too
+        #: is answered storage_error alone.
         verdicts: list[bool] | None = None
         try:
             prefetched = replica.raw_many([entry[1] for entry in entries])
@@ -2248,7 +2253,11 @@ class Coordinator:
                 stored = staged.get(key)
                 if stored is None:
                     if verdicts is None or key in rewritten:
-                        stored = raw_of(key)
+                        try:
+                            stored = raw_of(key)
+                        except StorageError:
+                            outcomes[index] = "storage_error"
+                            continue
                         fresh = stored is None
                         supersedes = supersedes_sole_writer(stored, payload)
                     else:
