@@ -387,6 +387,14 @@ def print_table(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- main
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (redis-benchmark's -r divides by it)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -400,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", "-n", type=int, metavar="N",
                    help="use this -n for every workload (before --quick's division)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    p.add_argument("--keyspace", type=int, default=rc.KEYSPACE, metavar="N",
+    p.add_argument("--keyspace", type=_positive, default=rc.KEYSPACE, metavar="N",
                    help="redis-benchmark -r N: random keys drawn from N (default %(default)s); "
                         "a small one fits the CPU caches three nodes' copies overflow")
     p.add_argument("--repeat", type=int, default=1,
@@ -456,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     #: parallel_speed() before each round.
     speeds: list[float] = []
     #: "config/workload/test" -> its ops/s over the single node's, round by round.
-    round_ratios: dict[str, list[float]] = {}
+    round_ratios: dict[str, list[float | None]] = {}
     status = 0
     try:
         clusters: list[tuple[str, list[Server]]] = []
@@ -536,12 +544,13 @@ def main(argv: list[str] | None = None) -> int:
             if config == "single" or ("single", workload) not in runs_of:
                 continue
             for test in ("SET", "GET"):
+                # None for a round where either side lacks the figure: positions stay rounds.
                 paired = [ours[test]["rps"] / single[test]["rps"]
+                          if test in ours and single.get(test, {}).get("rps") else None
                           for (ours, _, _), (single, _, _) in zip(
                               runs_of[config, workload], runs_of["single", workload],
-                              strict=True)
-                          if test in ours and single.get(test, {}).get("rps")]
-                if paired:
+                              strict=True)]
+                if any(ratio is not None for ratio in paired):
                     round_ratios[f"{config}/{workload}/{test}"] = paired
         for config, nodes in clusters:
             for workload in workloads:
@@ -596,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(speeds) > 1:
             for key, paired in round_ratios.items():
                 print(f"{key} vs single, round by round: "
-                      + " ".join(f"{ratio:.3f}x" for ratio in paired))
+                      + " ".join("-" if ratio is None else f"{ratio:.3f}x" for ratio in paired))
         print(f"target: QUORUM SET >= 0.30x single-node SET: {verdicts.count('PASS')} PASS, "
               f"{verdicts.count('MISS')} MISS" if verdicts else
               "target: QUORUM SET >= 0.30x single (not evaluated: needs single and quorum)")
