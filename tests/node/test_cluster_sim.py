@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hiredis
 import pytest
@@ -536,6 +537,89 @@ def test_a_pipeline_split_over_reads_of_one_turn_sees_its_sets(tmp_path: Path) -
     assert second_out.value() == b"+OK\r\n"
     # The INCR issued both queued SETs: one PUT_BATCH for them, ahead of the increment.
     assert served.get("PUT_BATCH", 0) == batches + 1
+
+
+class _WriteBetweenReadAndWrite:
+    """A node's cluster keyspace where, once a read-modify-write command's read is answered,
+    another node writes the key at ALL before the command goes on to its own write."""
+
+    def __init__(self, keyspace: Any, other: Any, value: bytes) -> None:
+        self._keyspace, self._other, self._value = keyspace, other, value
+        self.interleaved = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._keyspace, name)
+
+    def at(self, consistency: object) -> _WriteBetweenReadAndWrite:
+        assert consistency is None
+        return self
+
+    def read_for_update(self, key: bytes) -> Deferred[Any]:
+        def interleave(seen: object) -> Deferred[Any]:
+            self.interleaved += 1
+            write = self._other.set(key, self._value, 0, ConsistencyLevel.ALL)
+            return write.addCallback(lambda _: seen)
+
+        return self._keyspace.read_for_update(key).addCallback(interleave)
+
+
+def test_a_delete_with_a_read_takes_only_the_key_that_was_read() -> None:
+    """delete(seen=) writes the tombstone of the one key its read was of: given several
+    keys it refuses at once rather than deleting the others with a context they never had;
+    given a read that found nothing it deletes nothing."""
+    cluster = three_nodes(seed=22)
+    keyspace = cluster.nodes[0].rt.keyspace
+    assert wait(cluster, keyspace.set(b"a", b"1")) is None
+    seen = wait(cluster, keyspace.read_for_update(b"a"))
+    with pytest.raises(ValueError, match="exactly the one key"):
+        keyspace.delete([b"a", b"b"], seen=seen)
+    nothing = wait(cluster, keyspace.read_for_update(b"absent"))
+    assert wait(cluster, keyspace.delete([b"absent"], seen=nothing)) == 0
+    assert wait(cluster, keyspace.delete([b"a"], seen=seen)) == 1
+    assert wait(cluster, keyspace.get(b"a")) is None
+
+
+@pytest.mark.parametrize(("command", "reply", "written"), [
+    (b"GETDEL k", b"1", None),
+    (b"APPEND k x", 2, b"1x"),
+    (b"INCRBYFLOAT k 2.5", b"3.5", b"3.5"),
+    (b"GETEX k PX 600000", b"1", b"1"),
+    (b"EXPIRE k 600", 1, b"1"),
+    (b"PEXPIRE k -1", 1, None),
+    (b"PERSIST k", 1, b"1"),
+])
+def test_read_modify_write_commands_keep_a_write_made_between_their_read_and_write(
+        tmp_path: Path, command: bytes, reply: object, written: bytes | None) -> None:
+    """A read-modify-write command writes with the context of the read it computed its
+    write from (docs/consistency.md §14): a SET through another node that lands between that
+    read and the command's write is not superseded but kept as a sibling of the command's
+    write, on every replica, and VERSIONS shows both. (Reading the key again before writing
+    would take that SET into the context and silently drop it.)"""
+    cluster = three_nodes(seed=21)
+    n1, n2, n3 = cluster.nodes
+    now = n1.rt.keyspace.now_ms()
+    assert wait(cluster, n1.rt.keyspace.set(b"k", b"1", now + 300_000)) is None
+    keyspace = _WriteBetweenReadAndWrite(n1.rt.keyspace, n2.rt.keyspace, b"concurrent")
+    context = NodeContext(keyspace=keyspace,  # type: ignore[arg-type]
+                          config=NodeConfig(node_id="n1", data_dir=tmp_path),
+                          stats=NodeStats(), started_at=0.0, barrier=n1.rt.coordinator)
+    protocol = RespFactory(context).buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(command + b"\r\n")
+    cluster.run(2.0)
+    reader = hiredis.Reader()
+    reader.feed(transport.value())
+    assert reader.gets() == reply
+    assert keyspace.interleaved == 1
+    for node in (n1, n2, n3):
+        record = node.rt.replica.read(b"k")
+        assert record is not None
+        values = sorted((v.value, v.tombstone) for v in record.versions)
+        expected = [(b"", True)] if written is None else [(written, False)]
+        assert values == sorted([(b"concurrent", False), *expected])
+    result = wait(cluster, n3.rt.keyspace.record(b"k", ConsistencyLevel.ALL))
+    assert isinstance(result, ReadResult) and len(result.versions) == 2
 
 
 def test_pipelined_sets_travel_batched_and_a_run_answers_at_its_consistency() -> None:

@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 
 from twistkv.core.versioning import HybridLogicalClock
 from twistkv.node.durability import GroupCommitter
-from twistkv.node.keyspace import KEEP_TTL, LocalKeyspace
+from twistkv.node.keyspace import KEEP_TTL, LocalKeyspace, Seen
 from twistkv.storage.memory import MemoryStore
 
 
@@ -59,6 +59,36 @@ def test_overwrite_cancels_pending_expiry(keyspace: LocalKeyspace, clock: Clock)
     assert keyspace.expire_due() == 0
     version = keyspace.get(b"k")
     assert version is not None and version.value == b"v2"
+
+
+def test_read_for_update_is_get_and_its_writes_are_the_plain_ones(
+        keyspace: LocalKeyspace, clock: Clock) -> None:
+    """A lone node's read for a read-modify-write command is L{get}, with no context (the
+    command's write follows in the same step), and the writes that take it back act as
+    without it: set keeps the TTL read, set_expiry changes it, delete removes the key."""
+
+    def settled(result: object) -> object:
+        if not isinstance(result, Deferred):
+            return result
+        fired: list[object] = []
+        result.addBoth(fired.append)
+        clock.advance(0)
+        (value,) = fired
+        return value
+
+    expires = keyspace.now_ms() + 5000
+    keyspace.set(b"k", b"a", expires)
+    seen = keyspace.read_for_update(b"k")
+    assert seen == Seen(keyspace.get(b"k")) and seen.context is None
+    assert keyspace.read_for_update(b"missing") == Seen(None)
+    settled(keyspace.set(b"k", b"ab", KEEP_TTL, seen=seen))
+    version = keyspace.get(b"k")
+    assert version is not None and version.value == b"ab" and version.expires_at_ms == expires
+    assert settled(keyspace.set_expiry(b"k", 0, seen=keyspace.read_for_update(b"k"))) is True
+    version = keyspace.get(b"k")
+    assert version is not None and version.expires_at_ms == 0
+    assert settled(keyspace.delete([b"k"], seen=keyspace.read_for_update(b"k"))) == 1
+    assert keyspace.get(b"k") is None
 
 
 def test_keep_ttl(keyspace: LocalKeyspace) -> None:

@@ -56,6 +56,7 @@ from twisted.internet.defer import (
     FirstError,
     fail,
     gatherResults,
+    maybeDeferred,
     succeed,
 )
 from twisted.internet.interfaces import IReactorTime
@@ -83,6 +84,7 @@ from twistkv.node.antientropy import AE_VERBS, AntiEntropy
 from twistkv.node.coordinator import REPLICA_VERBS, Coordinator, HintDelivery, ReadResult
 from twistkv.node.counters import COUNTER_VERBS, CounterService
 from twistkv.node.gossip import MembershipService
+from twistkv.node.keyspace import Seen
 from twistkv.node.peer import (
     EndpointFactory,
     PeerClientPool,
@@ -657,9 +659,11 @@ class ClusterKeyspace:
 
     Differences from the local keyspace, documented in docs/consistency.md:
      - C{set_many} (MSET) writes each key independently: not atomic across keys.
-     - Read-modify-write commands (C{delete}, C{set_expiry}, C{KEEP_TTL}) read at the given
-       consistency, then write with the read's context, so they resolve siblings; they are
-       not isolated from a concurrent writer (that one becomes a sibling, never lost).
+     - Read-modify-write operations (C{delete}, C{set_expiry}, C{KEEP_TTL}) read at the
+       given consistency, then write with the read's context, so they resolve siblings; they
+       are not isolated from a concurrent writer (that one becomes a sibling, never lost).
+       A command that computes its write from its own read (APPEND, GETDEL...) passes that
+       read back (C{read_for_update}, L{Seen}) so that nothing is read a second time.
      - C{incr_by} (INCR family) is a PN-counter increment applied by one replica and
        replicated (L{twistkv.node.counters}): concurrent increments merge, none is lost.
      - C{key_count}, C{scan} and C{iter_keys} see this node's replica only.
@@ -700,6 +704,18 @@ class ClusterKeyspace:
             lambda result: result.live(now())
         )
 
+    def read_for_update(self, key: bytes, consistency: ConsistencyLevel | None = None
+                        ) -> Deferred[Seen]:
+        """L{get} for a read-modify-write command: the live version and the read's causal
+        context, which the command's write (C{seen=} of L{set}, L{delete}, L{set_expiry})
+        carries, so that it supersedes exactly what the command read."""
+        now = self.now_ms
+
+        def seen(result: ReadResult) -> Seen:
+            return Seen(result.live(now()), result.context)
+
+        return self._coordinator.get(key, consistency).addCallback(seen)
+
     def get_run(self, keys: Sequence[bytes], consistency: ConsistencyLevel | None = None
                 ) -> Deferred[list[bytes | None | BaseException]]:
         """The live values of a run of pipelined GETs, in order, each read like L{get}; one
@@ -715,9 +731,20 @@ class ClusterKeyspace:
     # -- writes ----------------------------------------------------------------------------
 
     def set(self, key: bytes, value: bytes, expires_at_ms: int = 0,
-            consistency: ConsistencyLevel | None = None) -> Deferred[None]:
-        """Store C{value} (a blind write); C{expires_at_ms} 0 = no expiry, KEEP_TTL = keep."""
+            consistency: ConsistencyLevel | None = None, seen: Seen | None = None
+            ) -> Deferred[None]:
+        """Store C{value}; C{expires_at_ms} 0 = no expiry, KEEP_TTL = keep.
+
+        A blind write, unless C{seen} (L{read_for_update}) gives the read it follows: then
+        it carries that read's context, and KEEP_TTL keeps the expiry read there.
+        """
         coordinator = self._coordinator
+        if seen is not None:
+            if expires_at_ms == KEEP_TTL:
+                current = seen.current
+                expires_at_ms = current.expires_at_ms if current is not None else 0
+            return coordinator.put(key, value, consistency, expires_at_ms, seen.context
+                                   ).addCallback(_none)
         if expires_at_ms == 0:
             # A run of one: mints no Version object to return.
             return coordinator.put_run(((key, value),), consistency).addCallback(_sole_outcome)
@@ -748,10 +775,21 @@ class ClusterKeyspace:
         writes = [self._coordinator.put(k, v, consistency) for k, v in latest.items()]
         return _all(writes).addCallback(_none)
 
-    def delete(self, keys: Sequence[bytes], consistency: ConsistencyLevel | None = None
-               ) -> Deferred[int]:
-        """Write tombstones for the keys that hold a live value; fires with how many did."""
+    def delete(self, keys: Sequence[bytes], consistency: ConsistencyLevel | None = None,
+               seen: Seen | None = None) -> Deferred[int]:
+        """Write tombstones for the keys that hold a live value; fires with how many did.
+
+        Each key is read first, and its tombstone carries that read's context; with C{seen}
+        (one key: L{read_for_update}) the command's own read is that read.
+        """
         coordinator = self._coordinator
+        if seen is not None:
+            if len(keys) != 1:
+                raise ValueError("delete with seen= takes exactly the one key that was read")
+            if seen.current is None:
+                return succeed(0)
+            return coordinator.delete(keys[0], consistency, seen.context).addCallback(
+                lambda _: 1)
 
         def one(key: bytes) -> Deferred[int]:
             def decide(result: ReadResult) -> Deferred[int] | int:
@@ -765,22 +803,25 @@ class ClusterKeyspace:
         return _all([one(key) for key in unique]).addCallback(lambda counts: sum(counts))
 
     def set_expiry(self, key: bytes, expires_at_ms: int,
-                   consistency: ConsistencyLevel | None = None) -> Deferred[bool]:
-        """Change the expiry of a live key (0 = persist); fires with whether it existed."""
+                   consistency: ConsistencyLevel | None = None, seen: Seen | None = None
+                   ) -> Deferred[bool]:
+        """Change the expiry of a live key (0 = persist); fires with whether it existed.
+        The key is read first, or C{seen} (L{read_for_update}) is that read."""
         coordinator = self._coordinator
 
-        def change(result: ReadResult) -> Deferred[bool] | bool:
-            now = self.now_ms()
-            current = result.live(now)
+        def change(read: Seen) -> Deferred[bool] | bool:
+            current = read.current
             if current is None:
                 return False
-            if expires_at_ms and expires_at_ms <= now:
-                return coordinator.delete(key, consistency, result.context).addCallback(
+            if expires_at_ms and expires_at_ms <= self.now_ms():
+                return coordinator.delete(key, consistency, read.context).addCallback(
                     lambda _: True)
             return coordinator.put(key, current.value, consistency, expires_at_ms,
-                                   result.context).addCallback(lambda _: True)
+                                   read.context).addCallback(lambda _: True)
 
-        return coordinator.get(key, consistency).addCallback(change)
+        if seen is not None:
+            return maybeDeferred(change, seen)
+        return self.read_for_update(key, consistency).addCallback(change)
 
     def incr_by(self, key: bytes, delta: int, consistency: ConsistencyLevel | None = None
                 ) -> Deferred[int]:
@@ -881,8 +922,8 @@ class ConsistencyView:
     (key counts, expiry housekeeping, the clock) is the keyspace's own.
     """
 
-    _BOUND = frozenset({"record", "get", "get_run", "exists", "set", "set_run", "set_many",
-                        "delete", "set_expiry", "incr_by"})
+    _BOUND = frozenset({"record", "get", "read_for_update", "get_run", "exists", "set",
+                        "set_run", "set_many", "delete", "set_expiry", "incr_by"})
 
     def __init__(self, keyspace: ClusterKeyspace, consistency: ConsistencyLevel) -> None:
         self._keyspace = keyspace

@@ -31,7 +31,7 @@ from twistkv.core.glob import compile_glob
 from twistkv.core.quorum import ConsistencyLevel
 from twistkv.core.record import Version
 from twistkv.core.resp import Error, SimpleString, Verbatim, encode_bulk_replies
-from twistkv.node.keyspace import KEEP_TTL, Wait
+from twistkv.node.keyspace import KEEP_TTL, Seen, Wait
 
 if TYPE_CHECKING:
     from twistkv.config import NodeConfig
@@ -606,12 +606,13 @@ def cmd_psetex(session: ClientSession, args: list[bytes]) -> Any:
 def cmd_getdel(session: ClientSession, args: list[bytes]) -> Any:
     keyspace = session.keyspace
 
-    def delete(current: Version | None) -> Any:
+    def delete(seen: Seen) -> Any:
+        current = seen.current
         if current is None:
             return None
-        return _then(keyspace.delete([args[1]]), lambda _: current.value)
+        return _then(keyspace.delete([args[1]], seen=seen), lambda _: current.value)
 
-    return _then(keyspace.get(args[1]), delete)
+    return _then(keyspace.read_for_update(args[1]), delete)
 
 
 def cmd_getex(session: ClientSession, args: list[bytes]) -> Any:
@@ -627,12 +628,14 @@ def cmd_getex(session: ClientSession, args: list[bytes]) -> Any:
     else:
         raise CommandError("ERR syntax error")
 
-    def touch(current: Version | None) -> Any:
+    def touch(seen: Seen) -> Any:
+        current = seen.current
         if current is None:
             return None
-        return _then(keyspace.set_expiry(args[1], expires_at), lambda _: current.value)
+        return _then(keyspace.set_expiry(args[1], expires_at, seen=seen),
+                     lambda _: current.value)
 
-    return _then(keyspace.get(args[1]), touch)
+    return _then(keyspace.read_for_update(args[1]), touch)
 
 
 def cmd_del(session: ClientSession, args: list[bytes]) -> Any:
@@ -689,13 +692,14 @@ def cmd_msetnx(session: ClientSession, args: list[bytes]) -> Any:
 def cmd_append(session: ClientSession, args: list[bytes]) -> Any:
     keyspace = session.keyspace
 
-    def append(current: Version | None) -> Any:
+    def append(seen: Seen) -> Any:
+        current = seen.current
         value = args[2] if current is None else current.value + args[2]
         _check_value(session, value)
         expires = KEEP_TTL if current is not None else 0
-        return _after(keyspace.set(args[1], value, expires), len(value))
+        return _after(keyspace.set(args[1], value, expires, seen=seen), len(value))
 
-    return _then(keyspace.get(args[1]), append)
+    return _then(keyspace.read_for_update(args[1]), append)
 
 
 def cmd_strlen(session: ClientSession, args: list[bytes]) -> Any:
@@ -767,7 +771,8 @@ def cmd_incrbyfloat(session: ClientSession, args: list[bytes]) -> Any:
     except ValueError:
         raise CommandError("ERR value is not a valid float") from None
 
-    def increment(current: Version | None) -> Any:
+    def increment(seen: Seen) -> Any:
+        current = seen.current
         try:
             base = 0.0 if current is None else float(current.value)
         except ValueError:
@@ -777,9 +782,9 @@ def cmd_incrbyfloat(session: ClientSession, args: list[bytes]) -> Any:
             raise CommandError("ERR increment would produce NaN or Infinity")
         text = _format_float(result).encode()
         expires = KEEP_TTL if current is not None else 0
-        return _after(keyspace.set(args[1], text, expires), text)
+        return _after(keyspace.set(args[1], text, expires, seen=seen), text)
 
-    return _then(keyspace.get(args[1]), increment)
+    return _then(keyspace.read_for_update(args[1]), increment)
 
 
 def _format_float(value: float) -> str:
@@ -805,7 +810,8 @@ def _expire(session: ClientSession, args: list[bytes], unit: int, absolute: bool
     if abs(target) > INT64_MAX:
         raise CommandError(f"ERR invalid expire time in '{args[0].decode().lower()}' command")
 
-    def change(current: Version | None) -> Any:
+    def change(seen: Seen) -> Any:
+        current = seen.current
         if current is None:
             return 0
         existing = current.expires_at_ms or None  # None = persistent (infinite)
@@ -818,10 +824,10 @@ def _expire(session: ClientSession, args: list[bytes], unit: int, absolute: bool
         if b"LT" in flags and existing is not None and target >= existing:
             return 0
         if target <= now:
-            return _then(keyspace.delete([args[1]]), lambda _: 1)
-        return _then(keyspace.set_expiry(args[1], target), lambda _: 1)
+            return _then(keyspace.delete([args[1]], seen=seen), lambda _: 1)
+        return _then(keyspace.set_expiry(args[1], target, seen=seen), lambda _: 1)
 
-    return _then(keyspace.get(args[1]), change)
+    return _then(keyspace.read_for_update(args[1]), change)
 
 
 def cmd_expire(session: ClientSession, args: list[bytes]) -> Any:
@@ -872,12 +878,13 @@ def cmd_expiretime(session: ClientSession, args: list[bytes]) -> Any:
 def cmd_persist(session: ClientSession, args: list[bytes]) -> Any:
     keyspace = session.keyspace
 
-    def persist(current: Version | None) -> Any:
+    def persist(seen: Seen) -> Any:
+        current = seen.current
         if current is None or not current.expires_at_ms:
             return 0
-        return _then(keyspace.set_expiry(args[1], 0), lambda _: 1)
+        return _then(keyspace.set_expiry(args[1], 0, seen=seen), lambda _: 1)
 
-    return _then(keyspace.get(args[1]), persist)
+    return _then(keyspace.read_for_update(args[1]), persist)
 
 
 # -- keyspace ---------------------------------------------------------------

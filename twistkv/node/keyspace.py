@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import secrets
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -36,13 +37,13 @@ from twistkv.core.record import (
     single_writer_block,
 )
 from twistkv.core.replication import increment_version
-from twistkv.core.versioning import HybridLogicalClock
+from twistkv.core.versioning import HybridLogicalClock, VectorClock
 
 if TYPE_CHECKING:
     from twistkv.node.durability import GroupCommitter
     from twistkv.storage.interface import OrderedStore
 
-__all__ = ["DATA_PREFIX", "LocalKeyspace", "Wait", "KEEP_TTL"]
+__all__ = ["DATA_PREFIX", "LocalKeyspace", "Seen", "Wait", "KEEP_TTL"]
 
 DATA_PREFIX = b"d"
 _DATA_END = b"e"
@@ -52,6 +53,24 @@ Wait = Deferred[None] | None
 
 #: Sentinel for L{LocalKeyspace.set}: keep the key's current expiry (SET KEEPTTL).
 KEEP_TTL = -1
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a read-modify-write command (APPEND, GETDEL, EXPIRE...) read: the live version
+    it computes its write from, and the causal context that write must carry.
+
+    In a cluster the write has to descend exactly what was read: reading again before
+    writing could take in a concurrent write the command never saw and supersede it. Get
+    one from C{read_for_update} and hand it back to C{set}, C{delete} or C{set_expiry}.
+
+    @ivar current: the live version read (None: absent, deleted or expired).
+    @ivar context: the read's causal context (the cluster's L{VectorClock}); None on a lone
+        node, whose read and write run in one step of the reactor.
+    """
+
+    current: Version | None
+    context: VectorClock | None = None
 
 
 def _after(wait: Any, result: Any) -> Any:
@@ -151,6 +170,13 @@ class LocalKeyspace:
                 return None
             return version
         return live_value(Record(versions), self.now_ms())
+
+    def read_for_update(self, key: bytes) -> Seen:
+        """L{get} for a read-modify-write command, to hand back to its write (L{Seen}).
+
+        A lone node needs no context: the command's write follows its read in the same
+        step, with nothing in between."""
+        return Seen(self.get(key))
 
     def get_values(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """The live values of C{keys} (None where absent or expired), for a run of
@@ -259,8 +285,10 @@ class LocalKeyspace:
         version = self._new_version(previous, value, expires_at_ms, hlc=hlc)
         return DATA_PREFIX + key, encode_record(Record((version,)))
 
-    def set(self, key: bytes, value: bytes, expires_at_ms: int = 0) -> Wait:
-        """Store C{value} under C{key}; C{expires_at_ms} 0 = no expiry, KEEP_TTL = keep."""
+    def set(self, key: bytes, value: bytes, expires_at_ms: int = 0,
+            seen: Seen | None = None) -> Wait:
+        """Store C{value} under C{key}; C{expires_at_ms} 0 = no expiry, KEEP_TTL = keep.
+        C{seen} (L{read_for_update}) changes nothing here: see L{Seen}."""
         db_key = DATA_PREFIX + key
         raw = self._store.get(db_key)
         if expires_at_ms != KEEP_TTL and (raw is None or is_single_writer(raw, self._own_block)):
@@ -341,8 +369,9 @@ class LocalKeyspace:
         ]
         return self._committer.commit(ops)
 
-    def delete(self, keys: Sequence[bytes]) -> int | Deferred[int]:
+    def delete(self, keys: Sequence[bytes], seen: Seen | None = None) -> int | Deferred[int]:
         """Delete C{keys}; how many held a live value (a Deferred when it must wait).
+        C{seen} changes nothing here (L{Seen}).
 
         A single node has no replica that could resurrect a deleted key, so
         deletion is physical; the cluster writes versioned tombstones instead.
@@ -367,8 +396,10 @@ class LocalKeyspace:
             return 0
         return _after(self._committer.commit(ops), removed)
 
-    def set_expiry(self, key: bytes, expires_at_ms: int) -> bool | Deferred[bool]:
-        """Change the expiry of a live key (0 = persist); whether the key existed."""
+    def set_expiry(self, key: bytes, expires_at_ms: int,
+                   seen: Seen | None = None) -> bool | Deferred[bool]:
+        """Change the expiry of a live key (0 = persist); whether the key existed.
+        C{seen} changes nothing here (L{Seen})."""
         raw = self._store.get(DATA_PREFIX + key)
         if raw is None:
             return False
