@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -588,6 +589,51 @@ def test_wrong_cluster_fails_on_both_sides() -> None:
     initiator = Handshake(Role.INITIATOR, config("a", cluster="prod"), nonce=b"\x01" * 16)
     responder = Handshake(Role.RESPONDER, config("b", cluster="staging"), nonce=b"\x02" * 16)
     assert_both_fail(initiator, responder, "cluster_mismatch", "'prod'")
+
+
+@pytest.mark.parametrize(("ours", "theirs", "words"), [
+    ({"replicas": 3, "vnodes": 150}, {"replicas": 2, "vnodes": 150},
+     "peer has replicas=3, this node replicas=2: every node of a cluster needs the same "
+     "--replicas"),
+    ({"replicas": 3, "vnodes": 150}, {"replicas": 3, "vnodes": 64},
+     "peer has vnodes=150, this node vnodes=64"),
+])
+def test_nodes_that_place_keys_differently_refuse_each_other(
+        ours: dict[str, int], theirs: dict[str, int], words: str) -> None:
+    """Two nodes with different replication factors (or vnodes per node) would compute
+    different preference lists, so their quorums would not overlap: the handshake fails on
+    both sides with placement_mismatch, naming both values, before any request flows."""
+    initiator = Handshake(Role.INITIATOR, replace(config("a"), **ours), nonce=b"\x01" * 16)
+    responder = Handshake(Role.RESPONDER, replace(config("b"), **theirs), nonce=b"\x02" * 16)
+    assert_both_fail(initiator, responder, "placement_mismatch", words)
+
+
+@pytest.mark.parametrize("announces", [True, False])
+def test_a_side_that_announces_no_placement_is_not_checked(announces: bool) -> None:
+    """A client that stores nothing (a tool: no replicas/vnodes in its HELLO) connects to a
+    node whatever the node's placement, in either role; matching placements connect too."""
+    node = replace(config("b"), replicas=3, vnodes=150)
+    other = replace(config("a"), replicas=3, vnodes=150) if announces else config("a")
+    for initiating, responding in ((other, node), (node, other)):
+        initiator = Handshake(Role.INITIATOR, initiating, nonce=b"\x01" * 16)
+        responder = Handshake(Role.RESPONDER, responding, nonce=b"\x02" * 16)
+        run(initiator, responder)
+        assert isinstance(initiator.outcome, Established)
+        assert isinstance(responder.outcome, Established)
+
+
+@pytest.mark.parametrize("value", ["0", "x", "-1", "100001", "03"])
+def test_a_malformed_placement_is_a_bad_hello(value: str) -> None:
+    """replicas/vnodes must be canonical decimals 1..100000, else bad_hello; and a node
+    cannot be configured outside that range."""
+    for key in ("replicas", "vnodes"):
+        responder = Handshake(Role.RESPONDER, replace(config("b"), replicas=3),
+                              nonce=b"\x02" * 16)
+        responder.start()
+        outcome = responder.receive(hello(**{key: value})).outcome
+        assert isinstance(outcome, HandshakeFailed) and outcome.code == "bad_hello", key
+    with pytest.raises(ValueError, match="replicas must be 1..100000"):
+        replace(config("b"), replicas=0)
 
 
 def test_wrong_version_fails_on_both_sides() -> None:

@@ -482,6 +482,26 @@ def test_writes_on_both_sides_of_a_partition_become_siblings(
 # -- the cluster secret keeps strangers out --------------------------------------------
 
 
+def test_node_with_another_replication_factor_cannot_join(node_factory: NodeFactory) -> None:
+    """A node started with --replicas 2 next to a cluster of N=3 would place keys on other
+    replicas than its peers do, so that quorums no longer overlap: its handshakes are
+    refused with placement_mismatch, both sides log why, and it never joins."""
+    n1, n2 = node_factory.joined_cluster(2)
+    odd = node_factory.create(
+        "odd", extra_args=["--replicas", "2", "--seeds", n1.peer_address]).start()
+
+    def refusals() -> list[str]:
+        return [line for line in odd.output().splitlines()
+                if "Peer handshake with" in line and "placement_mismatch" in line]
+
+    wait_until(lambda: len(refusals()) >= 1, 15, "the odd node is refused", interval=0.2)
+    # The refusing node words it: the peer (the odd node) has 2, it has 3.
+    assert "peer has replicas=2, this node replicas=3" in refusals()[0], refusals()
+    assert any("placement_mismatch" in line for line in n1.output().splitlines()), "n1 silent"
+    assert "odd" not in n1.members() and "odd" not in n2.members()
+    assert set(odd.members()) == {"odd"}
+
+
 def test_node_with_another_secret_cannot_join(node_factory: NodeFactory) -> None:
     secret = ["--cluster-secret", "correct-horse-battery-staple"]
     n1, n2 = node_factory.joined_cluster(2, extra_args=secret)

@@ -157,6 +157,8 @@ ERROR_CODES: Mapping[str, str] = MappingProxyType(
         "handshake_required": "a frame other than the expected handshake frame arrived",
         "version_mismatch": "the peers speak different protocol versions",
         "cluster_mismatch": "the peers belong to different clusters",
+        "placement_mismatch": "the peers place keys differently: their replication factors or "
+                              "vnodes per node differ",
         "auth_mismatch": "one peer has a cluster secret configured and the other has none",
         "auth_failed": "an HMAC proof is wrong: different secrets or a replayed handshake",
         "self_connection": "a node connected to itself",
@@ -585,6 +587,7 @@ _PROOF_LABEL = b"twistkv-peer-auth"
 _MIN_NONCE = 16
 _MAX_NONCE = 64
 _MAX_NODE_ID = 255  # the record format stores node ids as str8
+_MAX_PLACEMENT = 100_000  # bound on the replicas and vnodes a HELLO may announce
 _U32 = struct.Struct(">I")
 
 
@@ -610,8 +613,17 @@ class HandshakeConfig:
     #: Optional capabilities offered in HELLO's C{features} field (§8); a capability is
     #: used on a connection only when both ends offer it (L{Established.features}).
     features: frozenset[str] = field(default_factory=lambda: SUPPORTED_FEATURES)
+    #: How this node places keys: the replication factor N and the vnodes per node, sent in
+    #: HELLO and checked against the peer's. Nodes that disagree would compute different
+    #: preference lists, and their quorums would no longer overlap. None (a tool that
+    #: stores nothing) sends and checks neither.
+    replicas: int | None = None
+    vnodes: int | None = None
 
     def __post_init__(self) -> None:
+        for name, value in (("replicas", self.replicas), ("vnodes", self.vnodes)):
+            if value is not None and not 1 <= value <= _MAX_PLACEMENT:
+                raise ValueError(f"{name} must be 1..{_MAX_PLACEMENT}, not {value}")
         for feature in self.features:
             if not _FEATURE.fullmatch(feature):
                 raise ValueError(f"feature name {feature!r} is not [a-z0-9_]+")
@@ -784,6 +796,10 @@ class Handshake:
         }
         if config.features:
             fields["features"] = ",".join(sorted(config.features))
+        if config.replicas is not None:
+            fields["replicas"] = str(config.replicas)
+        if config.vnodes is not None:
+            fields["vnodes"] = str(config.vnodes)
         if config.secret is not None:
             fields["nonce"] = self._own.nonce.hex()
         if proof is not None:
@@ -858,6 +874,7 @@ class Handshake:
                 f"peer belongs to cluster {_snippet(cluster)}, "
                 f"this node to {_snippet(config.cluster)}",
             )
+        self._check_placement(frame)
         node_id = self._text(frame, "node")
         if not node_id or len(node_id.encode("utf-8")) > _MAX_NODE_ID:
             raise PeerProtocolError("bad_hello", f"node id must be 1..{_MAX_NODE_ID} bytes")
@@ -894,6 +911,25 @@ class Handshake:
         features = frozenset(name for name in offered.split(",")[:_MAX_FEATURES]
                              if name in config.features)
         return _PeerHello(node_id, address, nonce, features)
+
+    def _check_placement(self, frame: Frame) -> None:
+        """Refuse a peer that places keys differently (L{HandshakeConfig.replicas}); a
+        side that sends no placement (a tool) is not checked."""
+        config = self._config
+        for key, ours, flag in (("replicas", config.replicas, "--replicas"),
+                                ("vnodes", config.vnodes, "vnodes per node")):
+            theirs = frame.fields.get(key)
+            if theirs is None:
+                continue
+            if not _DECIMAL.fullmatch(theirs) or not 1 <= int(theirs) <= _MAX_PLACEMENT:
+                raise PeerProtocolError(
+                    "bad_hello", f"{key} {_snippet(theirs)} is not a decimal 1..{_MAX_PLACEMENT}")
+            if ours is not None and int(theirs) != ours:
+                raise PeerProtocolError(
+                    "placement_mismatch",
+                    f"peer has {key}={theirs}, this node {key}={ours}: every node of a cluster "
+                    f"needs the same {flag}, or their quorums stop overlapping",
+                )
 
     @staticmethod
     def _text(frame: Frame, key: str) -> str:

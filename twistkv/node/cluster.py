@@ -239,7 +239,8 @@ class ClusterRuntime:
         membership_config = (
             membership_config if membership_config is not None else MembershipConfig()
         )
-        handshake = HandshakeConfig(cluster_name, node_id, peer_address, secret)
+        handshake = HandshakeConfig(cluster_name, node_id, peer_address, secret,
+                                    replicas=options.n, vnodes=options.vnodes_per_node)
         self._store = store
         self._committer = committer
         #: Ring members persisted by an earlier run: node id -> last known peer address.
