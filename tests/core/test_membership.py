@@ -225,6 +225,67 @@ def test_every_transition_follows_incarnation_then_severity(
                                                   SEVERITY[current] else "newer")
 
 
+rumours = st.lists(
+    st.builds(lambda node, state, incarnation: rumour(node, state, incarnation),
+              st.sampled_from(["a", "b", "c", "d"]), st.sampled_from(list(MemberState)),
+              st.integers(0, 4)),
+    max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rumours, st.randoms(use_true_random=False))
+def test_any_delivery_order_ends_in_the_greatest_rumour_and_we_outbid_any_about_us(
+        told: list[MemberUpdate], shuffler: random.Random) -> None:
+    """Rumours race over gossip and arrive in any order: whatever the order, each other
+    member ends in the greatest rumour about it (incarnation first, then severity), each
+    applied rumour emitted exactly one event that moved that member up, and this node is
+    still alive at an incarnation above every suspect, dead or left rumour about it."""
+    views = []
+    for order in (told, shuffler.sample(told, len(told))):
+        member = make()
+        seen: dict[str, tuple[int, int]] = {}
+        for update in order:
+            for event in events(tell(member, update, now=1.0)):
+                if event.node_id == "a":
+                    continue
+                assert event.new_state is not None
+                step = (event.incarnation, SEVERITY[event.new_state])
+                assert event.node_id not in seen or step > seen[event.node_id]
+                seen[event.node_id] = step
+        me = member.get("a")
+        assert me is not None and me.state is ALIVE
+        assert all(me.incarnation > u.incarnation for u in order
+                   if u.node_id == "a" and u.state is not ALIVE)
+        views.append({m.node_id: (m.state, m.incarnation) for m in member.members()
+                      if m.node_id != "a"})
+    greatest: dict[str, MemberUpdate] = {}
+    for update in told:
+        best = greatest.get(update.node_id)
+        if update.node_id != "a" and (best is None or (update.incarnation, SEVERITY[update.state])
+                                      > (best.incarnation, SEVERITY[best.state])):
+            greatest[update.node_id] = update
+    expected = {node: (u.state, u.incarnation) for node, u in greatest.items()}
+    assert views[0] == views[1] == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(rumours)
+def test_every_suspicion_expires_into_death_when_nobody_answers(
+        told: list[MemberUpdate]) -> None:
+    """Suspicion expiry: once nothing answers any more (no acks, no refutations), every
+    suspect, and every alive member its probes then suspect, is declared dead within the
+    longest suspicion timeout plus a few probe rounds; nobody stays suspect, and this node
+    stays alive."""
+    member = make()
+    for update in told:
+        tell(member, update, now=0.0)
+    run_timers(member, 600.0)
+    states = {m.node_id: m.state for m in member.members()}
+    assert states.pop("a") is ALIVE
+    assert SUSPECT not in states.values()
+    assert all(state in (DEAD, LEFT) for state in states.values())
+
+
 @pytest.mark.parametrize("state", list(MemberState))
 def test_unknown_member_is_created_in_the_rumoured_state(state: MemberState) -> None:
     """Rule 5: any rumour about an unknown member creates its record, tombstones included."""
