@@ -151,7 +151,8 @@ class Options(usage.Options):
         ["request-timeout", None, "2.0",
          "Seconds a request waits for its quorum before answering UNAVAILABLE."],
         ["suspicion-timeout", None, "4.0",
-         "Failure detection: seconds a node stays suspect before it is declared dead."],
+         "Failure detection: the shortest a silent node stays suspect before it is "
+         "declared dead (up to 6x without confirmations)."],
         ["antientropy-interval", None, "60",
          "Seconds between background Merkle-tree comparisons with a peer (0 = off)."],
         ["antientropy-rate", None, "100",

@@ -112,6 +112,18 @@ def test_cluster_endpoint_lists_every_node(trio: list[Node]) -> None:
         assert view["mode"] == "cluster"
         assert view["replication"] == {"n": 3, "r": 2, "w": 2}
         assert [row["id"] for row in view["nodes"] if row["is_self"]] == [node.node_id]
+        assert [row["vnodes"] for row in view["nodes"]] == [128] * 3  # the default per node
+    # Key counts per node: a key written at ALL is on all three, and each node's /cluster
+    # shows every node's count once its cluster watch has read their STATS.
+    assert trio[0].command("SET", "counted", "1", consistency="ALL") is True
+
+    def counted(node: Node) -> list[int] | None:
+        keys = [row["keys"] for row in node.http_json("/cluster")["nodes"]]
+        return keys if all(isinstance(k, int) and k >= 1 for k in keys) else None
+
+    for node in trio:
+        wait_until(lambda node=node: counted(node), 10,
+                   f"GET /cluster on {node.node_id} shows every node's key count")
 
 
 def test_write_on_one_node_read_on_another(trio: list[Node]) -> None:

@@ -173,8 +173,9 @@ def test_snapshot_of_a_fake_node() -> None:
 
 
 def test_cluster_view_lists_every_member() -> None:
-    """In cluster mode /cluster lists each member with state, addresses and ring share;
-    keys and uptime are reported for this node only (others would need a round trip)."""
+    """In cluster mode /cluster lists each member with state, addresses, ring share and
+    vnodes; another node's keys come from the cluster watch's STATS readings (None
+    without one), and uptime is reported for this node only."""
     from twistkv.web.views import MemberSnapshot
 
     def member(node_id: str, state: str, is_self: bool) -> MemberSnapshot:
@@ -199,6 +200,11 @@ def test_cluster_view_lists_every_member() -> None:
     assert view["nodes"][0]["keys"] == 7 and view["nodes"][1]["keys"] is None
     assert view["counters"] == {"hints_stored": 4}
     assert json.loads(json.dumps(view)) == view
+    # With the cluster watch's readings and the ring: every node's keys and vnodes (this
+    # node's own count is its own, not a reading's).
+    view = cluster_view(snapshot, {"n1": 99, "n2": 1234}, {"n1": 150, "n2": 150})
+    assert [(n["id"], n["keys"], n["vnodes"]) for n in view["nodes"]] == [
+        ("n1", 7, 150), ("n2", 1234, 150)]
 
 
 def test_health_view_reports_joined() -> None:

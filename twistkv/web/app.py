@@ -47,6 +47,7 @@ import functools
 import hmac
 import io
 import json
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote_from_bytes, unquote_to_bytes
@@ -735,10 +736,12 @@ class NodeWebApp:
 
     @_route(app, "/cluster", "GET")
     def cluster(self, request: Request) -> bytes:
-        """Cluster membership and replication settings."""
-        return _json_body(
-            request, 200, cluster_view(snapshot_node(self._node, self._snapshot_host(request)))
-        )
+        """Cluster membership, replication settings, and each node's ring share, vnodes and
+        keys (other nodes' from the cluster watch, which this request keeps reading)."""
+        dash = self._dashboard(request)
+        keys = {node_id: figures.keys for node_id, figures in dash.figures.items()}
+        vnodes = Counter(owner for _, owner in dash.vnodes)
+        return _json_body(request, 200, cluster_view(dash.node, keys, vnodes))
 
     @_route(app, "/metrics", "GET")
     def metrics(self, request: Request) -> bytes:

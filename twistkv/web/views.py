@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -251,21 +252,28 @@ def health_view(snapshot: NodeSnapshot) -> dict[str, Any]:
     }
 
 
-def cluster_view(snapshot: NodeSnapshot) -> dict[str, Any]:
-    """C{/cluster} for a single node, in the shape the cluster mode will fill in.
+def cluster_view(snapshot: NodeSnapshot, keys: Mapping[str, int | None] | None = None,
+                 vnodes: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """C{/cluster}: membership, replication settings and, per node, its ring share, vnodes
+    and keys. A lone node has the same shape, with itself as the only member.
 
-    Clients and the CLI can be written against this today; the cluster issue
-    adds members to C{nodes} and real N/R/W figures without changing the shape.
+    @param keys: node id -> records its replica holds, as its latest C{STATS} reading said
+        (the dashboard's cluster watch); this node's own count is read directly.
+    @param vnodes: node id -> its virtual nodes on the ring.
     """
     addresses = _addresses(snapshot)
     if snapshot.members:
         n, r, w = snapshot.replication
+        keys = keys or {}
+        vnodes = vnodes or {}
         return {
             "cluster_name": snapshot.cluster_name,
             "mode": snapshot.mode,
             "node_id": snapshot.node_id,
             "replication": {"n": n, "r": r, "w": w},
-            "nodes": [_member_view(snapshot, member) for member in snapshot.members],
+            "nodes": [_member_view(snapshot, member, keys.get(member.node_id),
+                                   vnodes.get(member.node_id, 0))
+                      for member in snapshot.members],
             "counters": dict(snapshot.cluster_counters),
             "rebalance": snapshot.rebalance,
         }
@@ -290,8 +298,11 @@ def cluster_view(snapshot: NodeSnapshot) -> dict[str, Any]:
     }
 
 
-def _member_view(snapshot: NodeSnapshot, member: MemberSnapshot) -> dict[str, Any]:
-    """One entry of C{/cluster}'s C{nodes}; keys and uptime are known for this node only."""
+def _member_view(snapshot: NodeSnapshot, member: MemberSnapshot, keys: int | None,
+                 vnodes: int) -> dict[str, Any]:
+    """One entry of C{/cluster}'s C{nodes}; uptime is known for this node only, and another
+    node's keys once the cluster watch has read its C{STATS} (None before, or while it is
+    unreachable)."""
     return {
         "id": member.node_id,
         "state": member.state,
@@ -300,10 +311,11 @@ def _member_view(snapshot: NodeSnapshot, member: MemberSnapshot) -> dict[str, An
         "client_address": member.client_address,
         "http_address": member.http_address,
         "peer_address": member.peer_address,
-        "keys": snapshot.keys if member.is_self else None,
+        "keys": snapshot.keys if member.is_self else keys,
         "version": member.version,
         "uptime_s": _uptime_s(snapshot) if member.is_self else None,
         "in_ring": member.in_ring,
+        "vnodes": vnodes,
         "primary_share": member.primary_share,
         "replica_share": member.replica_share,
         "is_self": member.is_self,
