@@ -124,6 +124,12 @@ def test_cluster_endpoint_lists_every_node(trio: list[Node]) -> None:
     for node in trio:
         wait_until(lambda node=node: counted(node), 10,
                    f"GET /cluster on {node.node_id} shows every node's key count")
+    # RING: the same vnodes per node and every node's key count (asked over STATS).
+    ring = trio[1].command("RING")
+    assert sorted(row["id"] for row in ring) == sorted(ids), ring
+    assert all(row["vnodes"] == 128 and row["keys"] >= 1 for row in ring), ring
+    assert sum(row["primary_share"] for row in ring) == pytest.approx(1.0, abs=0.01)
+    assert all(row["replica_share"] == 1.0 for row in ring), ring
 
 
 def test_write_on_one_node_read_on_another(trio: list[Node]) -> None:

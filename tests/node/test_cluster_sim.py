@@ -354,6 +354,28 @@ def wait(cluster: SimCluster, deferred: Deferred[object], seconds: float = 3.0) 
     return result
 
 
+def resp_client(keyspace: Any, coordinator: Any, tmp_path: Path
+                ) -> tuple[Any, StringTransport]:
+    """A RESP connection to a simulated node serving from C{keyspace}: (protocol, transport)."""
+    context = NodeContext(keyspace=keyspace,
+                          config=NodeConfig(node_id="n1", data_dir=tmp_path),
+                          stats=NodeStats(), started_at=0.0, barrier=coordinator)
+    protocol = RespFactory(context).buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def replies(transport: StringTransport) -> list[object]:
+    """Every reply written to C{transport} so far, decoded."""
+    reader = hiredis.Reader()
+    reader.feed(transport.value())
+    got = []
+    while (item := reader.gets()) is not False:
+        got.append(item)
+    return got
+
+
 def test_three_nodes_find_each_other_and_a_set_on_one_is_read_on_another() -> None:
     """Nodes joined through a seed form one ring; SET on n1, GET on n3 returns the value."""
     cluster = three_nodes()
@@ -511,27 +533,15 @@ def test_a_pipeline_split_over_reads_of_one_turn_sees_its_sets(tmp_path: Path) -
     together, in one PUT_BATCH ahead of the increment."""
     cluster = three_nodes(seed=18)
     n1 = cluster.nodes[0]
-    context = NodeContext(keyspace=n1.rt.keyspace,  # type: ignore[arg-type]
-                          config=NodeConfig(node_id="n1", data_dir=tmp_path),
-                          stats=NodeStats(), started_at=0.0, barrier=n1.rt.coordinator)
-    clients = []
-    for _ in range(2):
-        protocol = RespFactory(context).buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        clients.append((protocol, transport))
-    (first, first_out), (second, second_out) = clients
+    (first, first_out), (second, second_out) = (
+        resp_client(n1.rt.keyspace, n1.rt.coordinator, tmp_path) for _ in range(2))
     served = cluster.nodes[1].rt.coordinator.stats.served
     batches = served.get("PUT_BATCH", 0)
     first.dataReceived(b"SET split-a 5\r\n")
     second.dataReceived(b"SET split-b 1\r\n")
     first.dataReceived(b"INCR split-a\r\nKEYS split-*\r\nDBSIZE\r\nGET split-b\r\n")
     cluster.run(1.0)
-    reader = hiredis.Reader()
-    reader.feed(first_out.value())
-    got = []
-    while (item := reader.gets()) is not False:
-        got.append(item)
+    got = replies(first_out)
     assert got[:3] == [b"OK", 6, [b"split-a", b"split-b"]] and got[4] == b"1"
     assert isinstance(got[3], int) and got[3] >= 2
     assert second_out.value() == b"+OK\r\n"
@@ -561,6 +571,28 @@ class _WriteBetweenReadAndWrite:
             return write.addCallback(lambda _: seen)
 
         return self._keyspace.read_for_update(key).addCallback(interleave)
+
+
+def test_conditional_sets_work_through_a_cluster_node(tmp_path: Path) -> None:
+    """SET NX/XX/GET, SETNX, MSETNX, GETDEL and APPEND answer as Redis does when issued
+    through one node of a cluster, and what they wrote is what another node reads."""
+    cluster = three_nodes(seed=23)
+    n1, _, n3 = cluster.nodes
+    protocol, transport = resp_client(n1.rt.keyspace, n1.rt.coordinator, tmp_path)
+    script = [
+        (b"SET c v1 NX", b"OK"), (b"SET c v2 NX", None), (b"SET missing v XX", None),
+        (b"SET c v3 XX GET", b"v1"), (b"SET c v4 GET", b"v3"), (b"SETNX c v5", 0),
+        (b"SETNX d w", 1), (b"MSETNX d x e y", 0), (b"MSETNX e y f z", 1),
+        (b"APPEND c !", 3), (b"GETDEL d", b"w"), (b"GETDEL d", None),
+    ]
+    for command, _ in script:
+        protocol.dataReceived(command + b"\r\n")
+        cluster.run(0.5)
+    assert replies(transport) == [reply for _, reply in script]
+    reads = {key: wait(cluster, n3.rt.keyspace.get(key)) for key in (b"c", b"d", b"e", b"f")}
+    assert all(v is None or isinstance(v, Version) for v in reads.values()), reads
+    values = {key: v.value if isinstance(v, Version) else None for key, v in reads.items()}
+    assert values == {b"c": b"v4!", b"d": None, b"e": b"y", b"f": b"z"}
 
 
 def test_a_delete_with_a_read_takes_only_the_key_that_was_read() -> None:
@@ -600,17 +632,10 @@ def test_read_modify_write_commands_keep_a_write_made_between_their_read_and_wri
     now = n1.rt.keyspace.now_ms()
     assert wait(cluster, n1.rt.keyspace.set(b"k", b"1", now + 300_000)) is None
     keyspace = _WriteBetweenReadAndWrite(n1.rt.keyspace, n2.rt.keyspace, b"concurrent")
-    context = NodeContext(keyspace=keyspace,  # type: ignore[arg-type]
-                          config=NodeConfig(node_id="n1", data_dir=tmp_path),
-                          stats=NodeStats(), started_at=0.0, barrier=n1.rt.coordinator)
-    protocol = RespFactory(context).buildProtocol(None)
-    transport = StringTransport()
-    protocol.makeConnection(transport)
+    protocol, transport = resp_client(keyspace, n1.rt.coordinator, tmp_path)
     protocol.dataReceived(command + b"\r\n")
     cluster.run(2.0)
-    reader = hiredis.Reader()
-    reader.feed(transport.value())
-    assert reader.gets() == reply
+    assert replies(transport) == [reply]
     assert keyspace.interleaved == 1
     for node in (n1, n2, n3):
         record = node.rt.replica.read(b"k")
