@@ -89,6 +89,8 @@ def test_options_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--http", "tcp:notaport"], "--http 'tcp:notaport' is not a Twisted endpoint"),
         (["--seeds", "hostonly"], "seed 'hostonly' is not host:port"),
         (["--node-id", "has space"], "invalid node id"),
+        (["--replicas", "100001"], "--replicas 100001 is above 100000"),
+        (["--replicas", "3", "-W", "4"], "--write-quorum 4 exceeds --replicas 3"),
     ],
 )
 def test_bad_options_are_usage_errors(argv: list[str], message: str) -> None:

@@ -30,6 +30,7 @@ from twistkv.core.discovery import (
     DEFAULT_DISCOVERY_PORT,
     DEFAULT_INTERVAL,
 )
+from twistkv.core.peerwire import MAX_PLACEMENT
 
 __all__ = ["Options", "makeService"]
 
@@ -219,6 +220,8 @@ class Options(usage.Options):
                 f"invalid cluster name {self['cluster-name']!r}: use 1-63 characters from A-Z a-z 0-9 . _ -"
             )
         replicas = _positive_int("replicas", self["replicas"])
+        if replicas > MAX_PLACEMENT:
+            raise usage.UsageError(f"--replicas {replicas} is above {MAX_PLACEMENT}")
         quorum = replicas // 2 + 1
         read_quorum = (
             _positive_int("read-quorum", self["read-quorum"]) if self["read-quorum"] else quorum

@@ -626,10 +626,10 @@ def test_wrong_cluster_fails_on_both_sides() -> None:
 
 @pytest.mark.parametrize(("ours", "theirs", "words"), [
     ({"replicas": 3, "vnodes": 150}, {"replicas": 2, "vnodes": 150},
-     "peer has replicas=3, this node replicas=2: every node of a cluster needs the same "
-     "--replicas"),
+     "node 'a' has replicas=3 but node 'b' has replicas=2: every node of a cluster needs the "
+     "same replication factor (--replicas)"),
     ({"replicas": 3, "vnodes": 150}, {"replicas": 3, "vnodes": 64},
-     "peer has vnodes=150, this node vnodes=64"),
+     "node 'a' has vnodes=150 but node 'b' has vnodes=64"),
 ])
 def test_nodes_that_place_keys_differently_refuse_each_other(
         ours: dict[str, int], theirs: dict[str, int], words: str) -> None:

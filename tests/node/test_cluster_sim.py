@@ -597,14 +597,20 @@ def test_conditional_sets_work_through_a_cluster_node(tmp_path: Path) -> None:
 
 def test_a_delete_with_a_read_takes_only_the_key_that_was_read() -> None:
     """delete(seen=) writes the tombstone of the one key its read was of: given several
-    keys it refuses at once rather than deleting the others with a context they never had;
-    given a read that found nothing it deletes nothing."""
+    keys, or another key, it refuses at once rather than deleting with a context that key
+    never had (set and set_expiry likewise); given a read that found nothing it deletes
+    nothing."""
     cluster = three_nodes(seed=22)
     keyspace = cluster.nodes[0].rt.keyspace
     assert wait(cluster, keyspace.set(b"a", b"1")) is None
     seen = wait(cluster, keyspace.read_for_update(b"a"))
     with pytest.raises(ValueError, match="exactly the one key"):
         keyspace.delete([b"a", b"b"], seen=seen)
+    for write in (lambda: keyspace.delete([b"b"], seen=seen),
+                  lambda: keyspace.set(b"b", b"x", seen=seen),
+                  lambda: keyspace.set_expiry(b"b", 0, seen=seen)):
+        with pytest.raises(ValueError, match="the key that was read"):
+            write()
     nothing = wait(cluster, keyspace.read_for_update(b"absent"))
     assert wait(cluster, keyspace.delete([b"absent"], seen=nothing)) == 0
     assert wait(cluster, keyspace.delete([b"a"], seen=seen)) == 1
@@ -619,6 +625,8 @@ def test_a_delete_with_a_read_takes_only_the_key_that_was_read() -> None:
     (b"EXPIRE k 600", 1, b"1"),
     (b"PEXPIRE k -1", 1, None),
     (b"PERSIST k", 1, b"1"),
+    (b"SET k v2 XX KEEPTTL", b"OK", b"v2"),
+    (b"SET k v2 XX GET", b"1", b"v2"),
 ])
 def test_read_modify_write_commands_keep_a_write_made_between_their_read_and_write(
         tmp_path: Path, command: bytes, reply: object, written: bytes | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
@@ -65,7 +66,8 @@ def test_read_for_update_is_get_and_its_writes_are_the_plain_ones(
         keyspace: LocalKeyspace, clock: Clock) -> None:
     """A lone node's read for a read-modify-write command is L{get}, with no context (the
     command's write follows in the same step), and the writes that take it back act as
-    without it: set keeps the TTL read, set_expiry changes it, delete removes the key."""
+    without it: set keeps the TTL read, set_expiry changes it, delete removes the key; a
+    read lent to a write of another key is refused, writing nothing."""
 
     def settled(result: object) -> object:
         if not isinstance(result, Deferred):
@@ -79,8 +81,15 @@ def test_read_for_update_is_get_and_its_writes_are_the_plain_ones(
     expires = keyspace.now_ms() + 5000
     keyspace.set(b"k", b"a", expires)
     seen = keyspace.read_for_update(b"k")
-    assert seen == Seen(keyspace.get(b"k")) and seen.context is None
-    assert keyspace.read_for_update(b"missing") == Seen(None)
+    assert seen == Seen(b"k", keyspace.get(b"k")) and seen.context is None
+    assert keyspace.read_for_update(b"missing") == Seen(b"missing", None)
+    for write in (lambda: keyspace.set(b"other", b"x", seen=seen),
+                  lambda: keyspace.set_expiry(b"other", 0, seen=seen),
+                  lambda: keyspace.delete([b"other"], seen=seen),
+                  lambda: keyspace.delete([b"k", b"other"], seen=seen)):
+        with pytest.raises(ValueError, match="key that was read"):
+            write()
+    assert keyspace.get(b"other") is None
     settled(keyspace.set(b"k", b"ab", KEEP_TTL, seen=seen))
     version = keyspace.get(b"k")
     assert version is not None and version.value == b"ab" and version.expires_at_ms == expires
@@ -187,7 +196,6 @@ def test_incr_by_refuses_without_writing_and_keeps_the_ttl(
 ) -> None:
     """A non-integer value or an overflow raises CounterError and leaves the key alone; an
     INCR keeps the key's expiry and counts a new key once."""
-    import pytest
 
     from twistkv.core.counter import CounterError
 

@@ -33,6 +33,7 @@ __all__ = [
     "MAX_LINE",
     "DEFAULT_MAX_PAYLOAD",
     "MAX_REQUEST_ID",
+    "MAX_PLACEMENT",
     "CONNECTION_REQUEST_ID",
     "VERBS",
     "RESPONSE_VERBS",
@@ -587,7 +588,8 @@ _PROOF_LABEL = b"twistkv-peer-auth"
 _MIN_NONCE = 16
 _MAX_NONCE = 64
 _MAX_NODE_ID = 255  # the record format stores node ids as str8
-_MAX_PLACEMENT = 100_000  # bound on the replicas and vnodes a HELLO may announce
+#: Bound on the replicas and vnodes a HELLO may announce (and a node may be configured with).
+MAX_PLACEMENT = 100_000
 _U32 = struct.Struct(">I")
 
 
@@ -622,8 +624,8 @@ class HandshakeConfig:
 
     def __post_init__(self) -> None:
         for name, value in (("replicas", self.replicas), ("vnodes", self.vnodes)):
-            if value is not None and not 1 <= value <= _MAX_PLACEMENT:
-                raise ValueError(f"{name} must be 1..{_MAX_PLACEMENT}, not {value}")
+            if value is not None and not 1 <= value <= MAX_PLACEMENT:
+                raise ValueError(f"{name} must be 1..{MAX_PLACEMENT}, not {value}")
         for feature in self.features:
             if not _FEATURE.fullmatch(feature):
                 raise ValueError(f"feature name {feature!r} is not [a-z0-9_]+")
@@ -874,7 +876,6 @@ class Handshake:
                 f"peer belongs to cluster {_snippet(cluster)}, "
                 f"this node to {_snippet(config.cluster)}",
             )
-        self._check_placement(frame)
         node_id = self._text(frame, "node")
         if not node_id or len(node_id.encode("utf-8")) > _MAX_NODE_ID:
             raise PeerProtocolError("bad_hello", f"node id must be 1..{_MAX_NODE_ID} bytes")
@@ -905,6 +906,7 @@ class Handshake:
                 )
         if node_id == config.node_id:
             raise PeerProtocolError("self_connection", f"node {_snippet(node_id)} dialled itself")
+        self._check_placement(frame, node_id)
         # Unknown feature names are ignored (a newer peer), malformed ones too: a feature is
         # only ever an offer, never required, so a bad list just means "none of ours".
         offered = frame.fields.get("features", "")
@@ -912,23 +914,25 @@ class Handshake:
                              if name in config.features)
         return _PeerHello(node_id, address, nonce, features)
 
-    def _check_placement(self, frame: Frame) -> None:
+    def _check_placement(self, frame: Frame, peer: str) -> None:
         """Refuse a peer that places keys differently (L{HandshakeConfig.replicas}); a
-        side that sends no placement (a tool) is not checked."""
+        side that sends no placement (a tool) is not checked. The message names both
+        nodes: it is read on both sides."""
         config = self._config
-        for key, ours, flag in (("replicas", config.replicas, "--replicas"),
+        for key, ours, what in (("replicas", config.replicas, "replication factor (--replicas)"),
                                 ("vnodes", config.vnodes, "vnodes per node")):
             theirs = frame.fields.get(key)
             if theirs is None:
                 continue
-            if not _DECIMAL.fullmatch(theirs) or not 1 <= int(theirs) <= _MAX_PLACEMENT:
+            if not _DECIMAL.fullmatch(theirs) or not 1 <= int(theirs) <= MAX_PLACEMENT:
                 raise PeerProtocolError(
-                    "bad_hello", f"{key} {_snippet(theirs)} is not a decimal 1..{_MAX_PLACEMENT}")
+                    "bad_hello", f"{key} {_snippet(theirs)} is not a decimal 1..{MAX_PLACEMENT}")
             if ours is not None and int(theirs) != ours:
                 raise PeerProtocolError(
                     "placement_mismatch",
-                    f"peer has {key}={theirs}, this node {key}={ours}: every node of a cluster "
-                    f"needs the same {flag}, or their quorums stop overlapping",
+                    f"node {_snippet(peer)} has {key}={theirs} but node "
+                    f"{_snippet(config.node_id)} has {key}={ours}: every node of a cluster "
+                    f"needs the same {what}, or their quorums stop overlapping",
                 )
 
     @staticmethod

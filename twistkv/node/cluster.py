@@ -713,7 +713,7 @@ class ClusterKeyspace:
         now = self.now_ms
 
         def seen(result: ReadResult) -> Seen:
-            return Seen(result.live(now()), result.context)
+            return Seen(key, result.live(now()), result.context)
 
         return self._coordinator.get(key, consistency).addCallback(seen)
 
@@ -732,7 +732,7 @@ class ClusterKeyspace:
     # -- writes ----------------------------------------------------------------------------
 
     def set(self, key: bytes, value: bytes, expires_at_ms: int = 0,
-            consistency: ConsistencyLevel | None = None, seen: Seen | None = None
+            consistency: ConsistencyLevel | None = None, *, seen: Seen | None = None
             ) -> Deferred[None]:
         """Store C{value}; C{expires_at_ms} 0 = no expiry, KEEP_TTL = keep.
 
@@ -741,6 +741,7 @@ class ClusterKeyspace:
         """
         coordinator = self._coordinator
         if seen is not None:
+            seen.check(key)
             if expires_at_ms == KEEP_TTL:
                 current = seen.current
                 expires_at_ms = current.expires_at_ms if current is not None else 0
@@ -776,7 +777,7 @@ class ClusterKeyspace:
         writes = [self._coordinator.put(k, v, consistency) for k, v in latest.items()]
         return _all(writes).addCallback(_none)
 
-    def delete(self, keys: Sequence[bytes], consistency: ConsistencyLevel | None = None,
+    def delete(self, keys: Sequence[bytes], consistency: ConsistencyLevel | None = None, *,
                seen: Seen | None = None) -> Deferred[int]:
         """Write tombstones for the keys that hold a live value; fires with how many did.
 
@@ -787,6 +788,7 @@ class ClusterKeyspace:
         if seen is not None:
             if len(keys) != 1:
                 raise ValueError("delete with seen= takes exactly the one key that was read")
+            seen.check(keys[0])
             if seen.current is None:
                 return succeed(0)
             return coordinator.delete(keys[0], consistency, seen.context).addCallback(
@@ -804,7 +806,7 @@ class ClusterKeyspace:
         return _all([one(key) for key in unique]).addCallback(lambda counts: sum(counts))
 
     def set_expiry(self, key: bytes, expires_at_ms: int,
-                   consistency: ConsistencyLevel | None = None, seen: Seen | None = None
+                   consistency: ConsistencyLevel | None = None, *, seen: Seen | None = None
                    ) -> Deferred[bool]:
         """Change the expiry of a live key (0 = persist); fires with whether it existed.
         The key is read first, or C{seen} (L{read_for_update}) is that read."""
@@ -821,6 +823,7 @@ class ClusterKeyspace:
                                    read.context).addCallback(lambda _: True)
 
         if seen is not None:
+            seen.check(key)
             return maybeDeferred(change, seen)
         return self.read_for_update(key, consistency).addCallback(change)
 

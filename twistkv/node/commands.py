@@ -568,25 +568,27 @@ def cmd_set(session: ClientSession, args: list[bytes]) -> Any:
     if not (nx or xx or get):
         return _after(keyspace.set(key, value, expires_at), OK)
 
-    def conditional(current: Version | None) -> Any:
+    def conditional(seen: Seen) -> Any:
+        current = seen.current
         old = current.value if current is not None else None
         if (nx and current is not None) or (xx and current is None):
             return old if get else None
-        return _after(keyspace.set(key, value, expires_at), old if get else OK)
+        # With the read's context: a write made since that read stays a sibling (§14).
+        return _after(keyspace.set(key, value, expires_at, seen=seen), old if get else OK)
 
-    return _then(keyspace.get(key), conditional)
+    return _then(keyspace.read_for_update(key), conditional)
 
 
 def cmd_setnx(session: ClientSession, args: list[bytes]) -> Any:
     _check_value(session, args[2])
     keyspace = session.keyspace
 
-    def conditional(current: Version | None) -> Any:
-        if current is not None:
+    def conditional(seen: Seen) -> Any:
+        if seen.current is not None:
             return 0
-        return _after(keyspace.set(args[1], args[2]), 1)
+        return _after(keyspace.set(args[1], args[2], seen=seen), 1)
 
-    return _then(keyspace.get(args[1]), conditional)
+    return _then(keyspace.read_for_update(args[1]), conditional)
 
 
 def _setex(session: ClientSession, args: list[bytes], unit: int, name: str) -> Any:

@@ -64,13 +64,20 @@ class Seen:
     writing could take in a concurrent write the command never saw and supersede it. Get
     one from C{read_for_update} and hand it back to C{set}, C{delete} or C{set_expiry}.
 
+    @ivar key: the key read; a write given this read must be of the same key.
     @ivar current: the live version read (None: absent, deleted or expired).
     @ivar context: the read's causal context (the cluster's L{VectorClock}); None on a lone
         node, whose read and write run in one step of the reactor.
     """
 
+    key: bytes
     current: Version | None
     context: VectorClock | None = None
+
+    def check(self, key: bytes) -> None:
+        """Refuse to lend this read's context to a write of another key (a bug)."""
+        if key != self.key:
+            raise ValueError("a write given seen= must be of the key that was read")
 
 
 def _after(wait: Any, result: Any) -> Any:
@@ -176,7 +183,7 @@ class LocalKeyspace:
 
         A lone node needs no context: the command's write follows its read in the same
         step, with nothing in between."""
-        return Seen(self.get(key))
+        return Seen(key, self.get(key))
 
     def get_values(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """The live values of C{keys} (None where absent or expired), for a run of
@@ -285,10 +292,12 @@ class LocalKeyspace:
         version = self._new_version(previous, value, expires_at_ms, hlc=hlc)
         return DATA_PREFIX + key, encode_record(Record((version,)))
 
-    def set(self, key: bytes, value: bytes, expires_at_ms: int = 0,
+    def set(self, key: bytes, value: bytes, expires_at_ms: int = 0, *,
             seen: Seen | None = None) -> Wait:
         """Store C{value} under C{key}; C{expires_at_ms} 0 = no expiry, KEEP_TTL = keep.
-        C{seen} (L{read_for_update}) changes nothing here: see L{Seen}."""
+        C{seen} (L{read_for_update}) changes nothing here but the key check: see L{Seen}."""
+        if seen is not None:
+            seen.check(key)
         db_key = DATA_PREFIX + key
         raw = self._store.get(db_key)
         if expires_at_ms != KEEP_TTL and (raw is None or is_single_writer(raw, self._own_block)):
@@ -369,21 +378,26 @@ class LocalKeyspace:
         ]
         return self._committer.commit(ops)
 
-    def delete(self, keys: Sequence[bytes], seen: Seen | None = None) -> int | Deferred[int]:
+    def delete(self, keys: Sequence[bytes], *, seen: Seen | None = None
+               ) -> int | Deferred[int]:
         """Delete C{keys}; how many held a live value (a Deferred when it must wait).
-        C{seen} changes nothing here (L{Seen}).
+        C{seen} (of one key) changes nothing here but the key check (L{Seen}).
 
         A single node has no replica that could resurrect a deleted key, so
         deletion is physical; the cluster writes versioned tombstones instead.
         """
+        if seen is not None:
+            if len(keys) != 1:
+                raise ValueError("delete with seen= takes exactly the one key that was read")
+            seen.check(keys[0])
         removed = 0
         ops: list[tuple[bytes, bytes | None]] = []
-        seen: set[bytes] = set()
+        done: set[bytes] = set()
         now = self.now_ms()
         for key in keys:
-            if key in seen:
+            if key in done:
                 continue
-            seen.add(key)
+            done.add(key)
             db_key = DATA_PREFIX + key
             raw = self._store.get(db_key)
             if raw is None:
@@ -396,10 +410,12 @@ class LocalKeyspace:
             return 0
         return _after(self._committer.commit(ops), removed)
 
-    def set_expiry(self, key: bytes, expires_at_ms: int,
+    def set_expiry(self, key: bytes, expires_at_ms: int, *,
                    seen: Seen | None = None) -> bool | Deferred[bool]:
         """Change the expiry of a live key (0 = persist); whether the key existed.
-        C{seen} changes nothing here (L{Seen})."""
+        C{seen} changes nothing here but the key check (L{Seen})."""
+        if seen is not None:
+            seen.check(key)
         raw = self._store.get(DATA_PREFIX + key)
         if raw is None:
             return False
