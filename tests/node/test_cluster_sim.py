@@ -595,6 +595,28 @@ def test_conditional_sets_work_through_a_cluster_node(tmp_path: Path) -> None:
     assert values == {b"c": b"v4!", b"d": None, b"e": b"y", b"f": b"z"}
 
 
+@pytest.mark.parametrize("command", [b"SET fresh mine NX", b"SETNX fresh mine",
+                                     b"SET fresh mine NX GET"])
+def test_set_nx_keeps_a_write_made_between_its_read_and_write(
+        tmp_path: Path, command: bytes) -> None:
+    """SET NX and SETNX on an absent key write with their read's (empty) context: a SET
+    through another node landing between the check and the write stays a sibling on every
+    replica, where a blind write through a node that already holds it would replace it."""
+    cluster = three_nodes(seed=24)
+    n1, n2, n3 = cluster.nodes
+    keyspace = _WriteBetweenReadAndWrite(n1.rt.keyspace, n2.rt.keyspace, b"concurrent")
+    protocol, transport = resp_client(keyspace, n1.rt.coordinator, tmp_path)
+    protocol.dataReceived(command + b"\r\n")
+    cluster.run(2.0)
+    assert replies(transport) == [None if command.endswith(b"GET") else
+                                  b"OK" if command.startswith(b"SET ") else 1]
+    assert keyspace.interleaved == 1
+    for node in (n1, n2, n3):
+        record = node.rt.replica.read(b"fresh")
+        assert record is not None
+        assert sorted(v.value for v in record.versions) == [b"concurrent", b"mine"]
+
+
 def test_a_delete_with_a_read_takes_only_the_key_that_was_read() -> None:
     """delete(seen=) writes the tombstone of the one key its read was of: given several
     keys, or another key, it refuses at once rather than deleting with a context that key
