@@ -255,7 +255,8 @@ def health_view(snapshot: NodeSnapshot) -> dict[str, Any]:
 def cluster_view(snapshot: NodeSnapshot, keys: Mapping[str, int | None] | None = None,
                  vnodes: Mapping[str, int] | None = None) -> dict[str, Any]:
     """C{/cluster}: membership, replication settings and, per node, its ring share, vnodes
-    and keys. A lone node has the same shape, with itself as the only member.
+    and keys. A lone node answers itself as the only member, with fewer fields (no ring,
+    membership or cluster counters: docs/http-api.md).
 
     @param keys: node id -> records its replica holds, as its latest C{STATS} reading said
         (the dashboard's cluster watch); this node's own count is read directly.
